@@ -1,0 +1,1 @@
+//! carelayer-hl7v2 (in progress)

@@ -1,0 +1,1 @@
+//! carelayer-http (in progress)

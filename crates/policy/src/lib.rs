@@ -1,0 +1,1 @@
+//! carelayer-policy (in progress)

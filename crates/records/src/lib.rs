@@ -1,0 +1,1 @@
+//! carelayer-records (in progress)

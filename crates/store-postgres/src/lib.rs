@@ -1,0 +1,1 @@
+//! carelayer-store-postgres (in progress)

@@ -1,0 +1,1 @@
+//! carelayer-store-sqlite (in progress)

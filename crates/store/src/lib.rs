@@ -1,0 +1,104 @@
+//! The `Store` trait: carelayer's storage contract in record terms.
+//!
+//! Map:
+//! - [`Store`]: versioned resources, history, search, atomic write sets with
+//!   preconditions, and the audit ledger append. Implemented by
+//!   `carelayer-store-sqlite` (embedded default) and `carelayer-store-postgres`.
+//! - [`WriteSet`]: everything one request changes, committed all-or-nothing
+//!   together with the audit entries that describe it.
+//! - [`StoreError`]: storage failures in storage terms; `records` maps them to
+//!   its own errors.
+//! - [`contract`]: the storage contract suite, written once and run by every
+//!   backend's tests.
+//!
+//! The trait is deliberately small: conditional operations, version numbering,
+//! `meta` stamping and bundle semantics are built once above it, in `records`.
+
+pub mod contract;
+mod error;
+mod query;
+mod types;
+
+pub use error::StoreError;
+pub use query::*;
+pub use types::*;
+
+use async_trait::async_trait;
+
+/// A storage backend. All methods are safe to call concurrently.
+///
+/// Implementations must guarantee that a [`WriteSet`] is applied atomically:
+/// either every precondition holds and every write, index row and audit entry
+/// is durable when `commit` returns `Ok`, or nothing is changed.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The current version of a resource, including a deletion marker.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the backend cannot be reached.
+    async fn read_current(
+        &self,
+        resource_type: &str,
+        id: &str,
+    ) -> Result<Option<StoredResource>, StoreError>;
+
+    /// One specific version of a resource (deleted versions included).
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the backend cannot be reached.
+    async fn read_version(
+        &self,
+        resource_type: &str,
+        id: &str,
+        version: i64,
+    ) -> Result<Option<StoredResource>, StoreError>;
+
+    /// Versions in the scope, newest first (by commit sequence), at most `count`.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the backend cannot be reached.
+    async fn history(&self, query: &HistoryQuery) -> Result<Vec<StoredResource>, StoreError>;
+
+    /// Current, non-deleted resources matching the query.
+    ///
+    /// # Errors
+    /// [`StoreError::Unsupported`] for a query shape this backend cannot run;
+    /// [`StoreError::Unavailable`] when the backend cannot be reached.
+    async fn search(&self, query: &SearchQuery) -> Result<SearchPage, StoreError>;
+
+    /// Apply a write set atomically (see the trait docs).
+    ///
+    /// # Errors
+    /// [`StoreError::PreconditionFailed`] names the first precondition that did
+    /// not hold (nothing is changed); [`StoreError::Unavailable`] and
+    /// [`StoreError::Other`] for backend failures (nothing is changed).
+    async fn commit(&self, writes: WriteSet) -> Result<CommitReceipt, StoreError>;
+
+    /// Append audit entries for accesses that change no resource (reads,
+    /// searches, denials). Durable when this returns `Ok`; implementations
+    /// group-commit concurrent appends.
+    ///
+    /// # Errors
+    /// Any failure: the caller must then fail the request it was auditing.
+    async fn append_audit(&self, entries: Vec<carelayer_audit::AuditRecord>)
+        -> Result<(), StoreError>;
+
+    /// Audit ledger rows in sequence order, starting after `after_seq`.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the backend cannot be reached.
+    async fn audit_rows(
+        &self,
+        after_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<carelayer_audit::LedgerRow>, StoreError>;
+
+    /// Number of current, non-deleted resources of a type (all types when `None`).
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the backend cannot be reached.
+    async fn count(&self, resource_type: Option<&str>) -> Result<u64, StoreError>;
+
+    /// Stop accepting work and flush everything acknowledged.
+    async fn close(&self);
+}
