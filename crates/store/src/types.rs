@@ -19,6 +19,9 @@ pub struct StoredResource {
     /// The commit sequence number of this version: a global, strictly
     /// increasing order of versions (history order, stable paging cursor).
     pub seq: i64,
+    /// The Patient compartment owner written with this version (see
+    /// [`ResourceWrite::patient_key`]); `None` for deletion markers.
+    pub patient_key: Option<String>,
 }
 
 /// Everything one request changes, applied all-or-nothing by [`crate::Store::commit`].
