@@ -1,1 +1,83 @@
-//! carelayer-http (in progress)
+//! carelayer over HTTP: the FHIR R4 REST API on axum.
+//!
+//! Map:
+//! - [`app`] builds the router from a [`Records`] service and [`HttpConfig`];
+//!   [`serve`] runs it on an injected listener until a shutdown future fires
+//!   (tests run the real app on port 0).
+//! - `fhir`: the FHIR base `/fhir`: one dispatcher for FHIR's URL grammar,
+//!   with a file per interaction (read, write, history, search, bundle,
+//!   metadata, validate).
+//! - `caller`: who is calling (today: the loopback operator).
+//! - [`error`]: the one table from errors to HTTP status and FHIR issue
+//!   code; 5xx causes are logged, never sent.
+//! - `response`: FHIR response helpers (content type, ETag, `Prefer`).
+//!
+//! This crate never sees the store: everything goes through `records`.
+
+mod caller;
+pub mod error;
+mod fhir;
+mod response;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use carelayer_records::Records;
+use tokio::net::TcpListener;
+
+/// HTTP settings.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Largest request body accepted, in bytes; larger bodies get 413.
+    pub max_body_bytes: usize,
+    /// The public FHIR base URL (`https://host/fhir`). When absent it is
+    /// derived from each request's `Host` header.
+    pub base_url: Option<String>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 16 * 1024 * 1024,
+            base_url: None,
+        }
+    }
+}
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub records: Arc<Records>,
+    pub config: Arc<HttpConfig>,
+}
+
+/// The application router.
+pub fn app(records: Arc<Records>, config: HttpConfig) -> Router {
+    let state = AppState {
+        records,
+        config: Arc::new(config),
+    };
+    Router::new()
+        .route("/", axum::routing::get(fhir::root_redirect))
+        .route("/fhir", axum::routing::any(fhir::dispatch))
+        .route("/fhir/", axum::routing::any(fhir::dispatch))
+        .route("/fhir/{*rest}", axum::routing::any(fhir::dispatch))
+        .fallback(fhir::not_found)
+        .with_state(state)
+}
+
+/// Serve `app` on `listener` until `shutdown` completes, then finish the
+/// requests in flight.
+///
+/// # Errors
+/// I/O errors from the listener.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

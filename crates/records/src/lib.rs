@@ -1,1 +1,351 @@
-//! carelayer-records (in progress)
+//! The record service: the only holder of a [`Store`]. Every public method
+//! takes the caller first and runs *policy → store → audit*; writes commit
+//! their audit entries in the same transaction, reads append theirs before
+//! returning, and a failed audit write fails the request.
+//!
+//! Map:
+//! - [`Records`]: construction and options.
+//! - `read`: read, vread.
+//! - `write`: create, update, patch, delete (plain and conditional), all
+//!   planned by one write planner that transactions share.
+//! - `bundle`: batch and atomic transaction Bundles (urn:uuid and conditional
+//!   references, all-or-nothing).
+//! - `history`: instance, type and system history with `_since` and paging.
+//! - `search`: FHIR search parameters → a store [`SearchQuery`].
+//! - `prepare`: validation, `meta` stamping, index extraction.
+//! - [`RecordsError`]: domain errors; `http` maps them to OperationOutcomes.
+
+mod bundle;
+pub mod clock;
+mod error;
+mod history;
+mod prepare;
+mod read;
+pub mod render;
+mod search;
+mod write;
+
+use std::sync::Arc;
+
+use carelayer_audit::{Agent, AuditAction, AuditOutcome, AuditRecord, Channel};
+use carelayer_policy::{Action, Decision, Facts, Principal, Request};
+use carelayer_store::{SearchQuery, Store, StoredResource};
+
+pub use bundle::{BundleKind, ReturnPreference, parse_etag, status_of};
+pub use carelayer_audit::Channel as AuditChannel;
+pub use carelayer_policy::Principal as CallerPrincipal;
+pub use error::{Issue, RecordsError, Severity};
+pub use history::{HistoryPage, HistoryRequest};
+pub use prepare::is_valid_id;
+pub use search::{SearchOutcome, SearchRequest, parse_query_string, supported_search_params};
+pub use write::{Conditional, WriteOutcome, WriteStatus};
+
+/// Who is calling, and through which channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub principal: Principal,
+    pub channel: Channel,
+}
+
+impl Caller {
+    /// The loopback operator of an embedded server (see [`Principal::LocalOperator`]).
+    #[must_use]
+    pub fn local_operator(channel: Channel) -> Self {
+        Self {
+            principal: Principal::LocalOperator,
+            channel,
+        }
+    }
+
+    fn agent(&self) -> Agent {
+        match &self.principal {
+            Principal::LocalOperator => Agent {
+                display: self.principal.display(),
+                ..Agent::default()
+            },
+        }
+    }
+}
+
+/// One stored version as callers see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version {
+    pub resource_type: String,
+    pub id: String,
+    pub version: i64,
+    /// Microseconds since the Unix epoch.
+    pub last_updated: i64,
+    pub deleted: bool,
+    /// Compact JSON of the resource (empty for a deletion).
+    pub json: Vec<u8>,
+    /// The patient this resource belongs to (Patient compartment owner).
+    pub patient: Option<String>,
+}
+
+impl From<StoredResource> for Version {
+    fn from(s: StoredResource) -> Self {
+        Self {
+            resource_type: s.resource_type,
+            id: s.id,
+            version: s.version,
+            last_updated: s.last_updated,
+            deleted: s.deleted,
+            json: s.json,
+            patient: s.patient_key,
+        }
+    }
+}
+
+/// Limits and defaults an operator can set.
+#[derive(Debug, Clone)]
+pub struct RecordsOptions {
+    /// Most entries accepted in one batch or transaction Bundle.
+    pub max_bundle_entries: usize,
+    /// `_count` when a search or history request gives none.
+    pub default_page_size: usize,
+    /// Largest `_count` honoured (larger values are clamped).
+    pub max_page_size: usize,
+    /// How often a write is re-planned when concurrent writers invalidated it.
+    pub conflict_retries: usize,
+}
+
+impl Default for RecordsOptions {
+    fn default() -> Self {
+        Self {
+            max_bundle_entries: 10_000,
+            default_page_size: 50,
+            max_page_size: 1_000,
+            conflict_retries: 5,
+        }
+    }
+}
+
+/// The record service.
+pub struct Records {
+    store: Arc<dyn Store>,
+    options: RecordsOptions,
+}
+
+impl Records {
+    #[must_use]
+    pub fn new(store: Arc<dyn Store>, options: RecordsOptions) -> Self {
+        Self { store, options }
+    }
+
+    #[must_use]
+    pub fn options(&self) -> &RecordsOptions {
+        &self.options
+    }
+
+    /// Resource types this server stores (every concrete R4 resource type).
+    #[must_use]
+    pub fn resource_types(&self) -> Vec<&'static str> {
+        carelayer_fhir::definitions::r4().resource_types().collect()
+    }
+
+    /// Check a resource as a write would, without storing it (`$validate`).
+    /// Returns the warnings of a valid resource.
+    ///
+    /// # Errors
+    /// The same errors a create would give for this body.
+    pub fn validate(
+        &self,
+        _caller: &Caller,
+        resource_type: Option<&str>,
+        body: &[u8],
+    ) -> Result<Vec<Issue>, RecordsError> {
+        let resource = prepare::parse_body(body)?;
+        let actual = prepare::resource_type_of(&resource)?;
+        prepare::check_type(actual)?;
+        if let Some(expected) = resource_type {
+            if expected != actual {
+                return Err(RecordsError::BadRequest(format!(
+                    "resourceType '{actual}' does not match the URL's '{expected}'"
+                )));
+            }
+        }
+        prepare::validate(&resource)
+    }
+
+    /// Flush and stop the store (server shutdown).
+    pub async fn close(&self) {
+        self.store.close().await;
+    }
+
+    /// Ask policy about one access.
+    fn decide(
+        caller: &Caller,
+        action: Action,
+        resource_type: &str,
+        patient: Option<&str>,
+    ) -> Decision {
+        carelayer_policy::decide(
+            &caller.principal,
+            &Request {
+                action,
+                resource_type,
+                patient,
+            },
+            &Facts::default(),
+        )
+    }
+
+    /// An audit record for this caller.
+    fn audit_record(
+        caller: &Caller,
+        action: AuditAction,
+        outcome: AuditOutcome,
+        patient: Option<String>,
+        resources: Vec<String>,
+        purpose: &str,
+        detail: Option<String>,
+    ) -> AuditRecord {
+        AuditRecord {
+            recorded_at: clock::now_micros(),
+            action,
+            outcome,
+            agent: caller.agent(),
+            patient,
+            resources,
+            purpose: purpose.to_owned(),
+            channel: caller.channel,
+            detail,
+        }
+    }
+
+    /// Run a search query against the store (no policy, no audit: callers
+    /// filter and audit the hits they disclose).
+    async fn run_query(
+        &self,
+        query: &SearchQuery,
+    ) -> Result<carelayer_store::SearchPage, RecordsError> {
+        Ok(self.store.search(query).await?)
+    }
+}
+
+fn purpose_of(decision: &Decision) -> &str {
+    match decision {
+        Decision::Permit { purpose } => purpose,
+        Decision::Deny { .. } => "",
+    }
+}
+
+/// Percent-encode a query component.
+#[must_use]
+pub fn encode_query_component(s: &str) -> String {
+    use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+    const QUERY: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~')
+        .remove(b':')
+        .remove(b'/');
+    utf8_percent_encode(s, QUERY).to_string()
+}
+
+fn query_string(params: &[(String, String)]) -> String {
+    params
+        .iter()
+        .map(|(k, v)| format!("{}={}", encode_query_component(k), encode_query_component(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// A searchset Bundle for one page of results, with `self` and `next` links.
+#[must_use]
+pub fn render_searchset(outcome: &SearchOutcome, request: &SearchRequest, base_url: &str) -> Vec<u8> {
+    let path = match &request.resource_type {
+        Some(ty) => format!("{base_url}/{ty}"),
+        None => base_url.to_owned(),
+    };
+    let mut self_params = outcome.applied.clone();
+    if outcome.offset > 0 {
+        self_params.push(("_offset".into(), outcome.offset.to_string()));
+        self_params.push(("_snapshot".into(), outcome.snapshot_seq.to_string()));
+    }
+    let mut links = vec![("self", format!("{path}?{}", query_string(&self_params)))];
+    if let Some(next) = outcome.next_offset {
+        let mut next_params: Vec<(String, String)> = outcome
+            .applied
+            .iter()
+            .filter(|(k, _)| k != "_count")
+            .cloned()
+            .collect();
+        next_params.push(("_count".into(), outcome.count.to_string()));
+        next_params.push(("_offset".into(), next.to_string()));
+        next_params.push(("_snapshot".into(), outcome.snapshot_seq.to_string()));
+        links.push(("next", format!("{path}?{}", query_string(&next_params))));
+    }
+    if outcome.offset > 0 {
+        let mut prev_params: Vec<(String, String)> = outcome
+            .applied
+            .iter()
+            .filter(|(k, _)| k != "_count")
+            .cloned()
+            .collect();
+        prev_params.push(("_count".into(), outcome.count.to_string()));
+        prev_params.push(("_offset".into(), outcome.offset.saturating_sub(outcome.count).to_string()));
+        prev_params.push(("_snapshot".into(), outcome.snapshot_seq.to_string()));
+        links.push(("previous", format!("{path}?{}", query_string(&prev_params))));
+    }
+    let mut bundle = render::BundleBuilder::new("searchset", outcome.total, &links);
+    let search = serde_json::json!({"mode": "match"});
+    for v in &outcome.matches {
+        bundle.entry(
+            Some(&render::full_url(base_url, v)),
+            Some(&v.json),
+            &[("search", search.clone())],
+        );
+    }
+    bundle.finish()
+}
+
+/// A history Bundle for one page, newest first, with `self` and `next` links.
+/// `path` is the history URL below the base (`Patient/1/_history`, `_history`).
+#[must_use]
+pub fn render_history(
+    page: &HistoryPage,
+    base_url: &str,
+    path: &str,
+    params: &[(String, String)],
+) -> Vec<u8> {
+    let here = format!("{base_url}/{}", path.trim_start_matches('/'));
+    let kept: Vec<(String, String)> = params
+        .iter()
+        .filter(|(k, _)| k != "_page")
+        .cloned()
+        .collect();
+    let mut links = vec![("self", format!("{here}?{}", query_string(params)))];
+    if let Some(cursor) = page.next_before_seq {
+        let mut next = kept.clone();
+        next.push(("_page".into(), cursor.to_string()));
+        links.push(("next", format!("{here}?{}", query_string(&next))));
+    }
+    let mut bundle = render::BundleBuilder::new("history", None, &links);
+    for v in &page.versions {
+        let (method, url, status) = if v.deleted {
+            ("DELETE", format!("{}/{}", v.resource_type, v.id), "204 No Content")
+        } else if v.version == 1 {
+            ("POST", v.resource_type.clone(), "201 Created")
+        } else {
+            ("PUT", format!("{}/{}", v.resource_type, v.id), "200 OK")
+        };
+        bundle.entry(
+            Some(&render::full_url(base_url, v)),
+            (!v.deleted).then_some(v.json.as_slice()),
+            &[
+                ("request", serde_json::json!({"method": method, "url": url})),
+                (
+                    "response",
+                    serde_json::json!({
+                        "status": status,
+                        "etag": render::etag(v.version),
+                        "lastModified": clock::format_instant(v.last_updated),
+                    }),
+                ),
+            ],
+        );
+    }
+    bundle.finish()
+}

@@ -1,0 +1,51 @@
+//! Configuration: `--flag` or `CARELAYER_*` environment variables.
+
+use std::net::SocketAddr;
+
+use clap::{Args, Parser, Subcommand};
+
+/// carelayer: a national patient-record data layer with a FHIR R4 API.
+#[derive(Debug, Parser)]
+#[command(name = "carelayer", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the FHIR server.
+    Serve(ServeArgs),
+}
+
+/// Where the records live.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// `sqlite://PATH` (embedded, the default: ./carelayer-data/carelayer.db)
+    /// or `postgres://USER@HOST:PORT/DB`.
+    #[arg(long, env = "CARELAYER_DATABASE", default_value = "sqlite://carelayer-data/carelayer.db")]
+    pub database: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub db: DatabaseArgs,
+    /// Address to listen on. Until token authentication is configured the
+    /// server refuses any address but loopback.
+    #[arg(long, env = "CARELAYER_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Load the demo record set (a few patients with their GP practices,
+    /// encounters, conditions, observations, medications and allergies).
+    #[arg(long, env = "CARELAYER_DEMO")]
+    pub demo: bool,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "CARELAYER_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Most entries accepted in one batch or transaction Bundle.
+    #[arg(long, env = "CARELAYER_MAX_BUNDLE_ENTRIES", default_value_t = 10_000)]
+    pub max_bundle_entries: usize,
+    /// The public FHIR base URL used in links (default: from the Host header).
+    #[arg(long, env = "CARELAYER_BASE_URL")]
+    pub base_url: Option<String>,
+}
