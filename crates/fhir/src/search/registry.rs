@@ -1,0 +1,427 @@
+//! The registry of the official R4 SearchParameters, compiled once per resource type.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::extract::{cartesian, dedup, values};
+use super::index::{IndexEntry, IndexValue};
+use crate::fhirpath::{self, Expr, Item, RESOURCE_TYPES};
+
+const SEARCH_PARAMETERS_JSON: &str = include_str!("../../generated/search-parameters.json");
+const COMPARTMENTS_JSON: &str = include_str!("../../generated/compartments.json");
+
+/// Cap on composite combinations per base item (a guard against pathological input).
+const COMPOSITE_LIMIT: usize = 256;
+
+/// A search parameter's type (R4 `SearchParamType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SearchParamType {
+    Number,
+    Date,
+    String,
+    Token,
+    Reference,
+    Composite,
+    Quantity,
+    Uri,
+    Special,
+}
+
+impl SearchParamType {
+    /// The FHIR code (`token`, `date`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SearchParamType::Number => "number",
+            SearchParamType::Date => "date",
+            SearchParamType::String => "string",
+            SearchParamType::Token => "token",
+            SearchParamType::Reference => "reference",
+            SearchParamType::Composite => "composite",
+            SearchParamType::Quantity => "quantity",
+            SearchParamType::Uri => "uri",
+            SearchParamType::Special => "special",
+        }
+    }
+}
+
+/// One component of a composite parameter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ComponentDef {
+    /// Canonical URL of the SearchParameter this component uses.
+    pub definition: String,
+    /// FHIRPath, relative to each item of the composite's own expression.
+    pub expression: String,
+    /// The type of the referenced parameter (filled from the registry).
+    #[serde(skip_deserializing)]
+    pub kind: Option<SearchParamType>,
+}
+
+/// An official R4 SearchParameter, as carelayer uses it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SearchParamDef {
+    pub url: String,
+    pub code: String,
+    /// Resource types it applies to (`Resource`/`DomainResource` = all).
+    pub base: Vec<String>,
+    #[serde(rename = "type")]
+    pub kind: SearchParamType,
+    #[serde(default)]
+    pub expression: Option<String>,
+    /// Allowed target types for reference parameters.
+    #[serde(default)]
+    pub target: Vec<String>,
+    #[serde(default)]
+    pub modifier: Vec<String>,
+    #[serde(default)]
+    pub comparator: Vec<String>,
+    #[serde(default, rename = "multipleOr")]
+    pub multiple_or: Option<bool>,
+    #[serde(default, rename = "component")]
+    pub components: Vec<ComponentDef>,
+    /// Why values cannot be extracted for this parameter (`None` = indexed).
+    #[serde(skip_deserializing)]
+    pub unsupported: Option<String>,
+}
+
+impl SearchParamDef {
+    /// Whether extraction produces index rows for this parameter.
+    pub fn is_supported(&self) -> bool {
+        self.unsupported.is_none()
+    }
+
+    fn applies_to(&self, resource_type: &str) -> bool {
+        self.base.iter().any(|b| {
+            b == resource_type
+                || b == "Resource"
+                || (b == "DomainResource"
+                    && !matches!(resource_type, "Bundle" | "Binary" | "Parameters"))
+        })
+    }
+}
+
+/// A parameter compiled for one resource type.
+#[derive(Debug)]
+struct Compiled {
+    def: usize,
+    /// The expression, restricted to the union branches for this type.
+    expr: Expr,
+    /// For composites: each component's type and parsed expression.
+    components: Vec<(SearchParamType, Expr)>,
+}
+
+#[derive(Debug, Default)]
+struct TypeIndex {
+    /// Every parameter that applies (supported or not), in definition order.
+    params: Vec<usize>,
+    by_code: HashMap<String, usize>,
+    /// The supported ones, ready to evaluate.
+    compiled: Vec<Compiled>,
+}
+
+/// All official R4 search parameters and compartment definitions.
+#[derive(Debug)]
+pub struct SearchParams {
+    defs: Vec<SearchParamDef>,
+    by_url: HashMap<String, usize>,
+    types: HashMap<&'static str, TypeIndex>,
+    /// For resource types not in R4: just the `Resource`-level parameters.
+    generic: TypeIndex,
+    /// compartment → resource type → parameter codes
+    compartments: HashMap<String, HashMap<String, Vec<String>>>,
+}
+
+/// The process-wide registry, built on first use (a few milliseconds).
+pub fn registry() -> &'static SearchParams {
+    static REGISTRY: OnceLock<SearchParams> = OnceLock::new();
+    REGISTRY.get_or_init(|| {
+        let defs: Vec<SearchParamDef> =
+            serde_json::from_str(SEARCH_PARAMETERS_JSON).unwrap_or_default();
+        let compartments = serde_json::from_str(COMPARTMENTS_JSON).unwrap_or_default();
+        SearchParams::build(defs, compartments)
+    })
+}
+
+fn param_parse(src: &str) -> Result<Expr, String> {
+    fhirpath::parse(src).map_err(|e| format!("expression does not parse: {e}"))
+}
+
+impl SearchParams {
+    fn build(
+        mut defs: Vec<SearchParamDef>,
+        compartments: HashMap<String, HashMap<String, Vec<String>>>,
+    ) -> Self {
+        let by_url: HashMap<String, usize> = defs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.url.clone(), i))
+            .collect();
+        let kinds: Vec<SearchParamType> = defs.iter().map(|d| d.kind).collect();
+
+        // Parse every expression once; record why a parameter cannot be indexed.
+        let mut parsed: Vec<Option<(Expr, Vec<(SearchParamType, Expr)>)>> =
+            Vec::with_capacity(defs.len());
+        for d in &mut defs {
+            for c in &mut d.components {
+                c.kind = by_url.get(&c.definition).map(|&i| kinds[i]);
+            }
+            let result: Result<_, String> = (|| {
+                if d.kind == SearchParamType::Special {
+                    return Err(match d.code.as_str() {
+                        "near" => "special: geographic proximity over Location.position \
+                                   is answered by the search engine, not indexed"
+                            .to_string(),
+                        _ => "special parameter: handled by the search engine, not indexed"
+                            .to_string(),
+                    });
+                }
+                let Some(src) = d.expression.as_deref() else {
+                    return Err(match d.code.as_str() {
+                        "_text" | "_content" => "no expression: full-text search over the \
+                                                 narrative/content is not indexed"
+                            .to_string(),
+                        "_query" | "_filter" => {
+                            "no expression: a query mechanism, not an indexed value".to_string()
+                        }
+                        _ => "no expression in the definition (extension parameter without \
+                              FHIRPath)"
+                            .to_string(),
+                    });
+                };
+                let expr = param_parse(src)?;
+                let mut comps = Vec::new();
+                if d.kind == SearchParamType::Composite {
+                    if d.components.is_empty() {
+                        return Err("composite without components".into());
+                    }
+                    for c in &d.components {
+                        let kind = c.kind.ok_or_else(|| {
+                            format!("component definition {} is not a known parameter", c.definition)
+                        })?;
+                        if matches!(kind, SearchParamType::Composite | SearchParamType::Special) {
+                            return Err(format!("component {} is {}", c.definition, kind.as_str()));
+                        }
+                        comps.push((kind, param_parse(&c.expression)?));
+                    }
+                }
+                Ok((expr, comps))
+            })();
+            match result {
+                Ok(p) => parsed.push(Some(p)),
+                Err(reason) => {
+                    d.unsupported = Some(reason);
+                    parsed.push(None);
+                }
+            }
+        }
+
+        let build_index = |rt: &str| -> TypeIndex {
+            let mut ix = TypeIndex::default();
+            for (i, d) in defs.iter().enumerate() {
+                if !d.applies_to(rt) {
+                    continue;
+                }
+                ix.params.push(i);
+                ix.by_code.entry(d.code.clone()).or_insert(i);
+                if let Some((expr, comps)) = &parsed[i]
+                    && let Some(expr) = expr.for_resource_type(rt)
+                {
+                    ix.compiled.push(Compiled {
+                        def: i,
+                        expr,
+                        components: comps.clone(),
+                    });
+                }
+            }
+            ix
+        };
+        let types = RESOURCE_TYPES.iter().map(|&rt| (rt, build_index(rt))).collect();
+        // "Resource" is not a concrete type: only base-`Resource` params apply.
+        let generic = build_index("Resource");
+
+        SearchParams {
+            defs,
+            by_url,
+            types,
+            generic,
+            compartments,
+        }
+    }
+
+    fn index(&self, resource_type: &str) -> &TypeIndex {
+        self.types.get(resource_type).unwrap_or(&self.generic)
+    }
+
+    /// Every definition (1,387 in R4), in the official order.
+    pub fn all(&self) -> &[SearchParamDef] {
+        &self.defs
+    }
+
+    /// The parameter `code` as it applies to `resource_type` (including the
+    /// `Resource`-level `_id`, `_lastUpdated`, …).
+    pub fn param(&self, resource_type: &str, code: &str) -> Option<&SearchParamDef> {
+        self.index(resource_type)
+            .by_code
+            .get(code)
+            .map(|&i| &self.defs[i])
+    }
+
+    /// A definition by canonical URL.
+    pub fn by_url(&self, url: &str) -> Option<&SearchParamDef> {
+        self.by_url.get(url).map(|&i| &self.defs[i])
+    }
+
+    /// Every parameter applying to `resource_type`, supported or not (see
+    /// [`SearchParamDef::is_supported`]).
+    pub fn params_for(&self, resource_type: &str) -> Vec<&SearchParamDef> {
+        self.index(resource_type)
+            .params
+            .iter()
+            .map(|&i| &self.defs[i])
+            .collect()
+    }
+
+    /// Parameters whose values cannot be extracted, with the reason.
+    pub fn unsupported(&self) -> Vec<(&str, String)> {
+        self.defs
+            .iter()
+            .filter_map(|d| d.unsupported.as_ref().map(|r| (d.url.as_str(), r.clone())))
+            .collect()
+    }
+
+    /// The parameter codes linking `resource_type` to `compartment` (e.g.
+    /// `("Patient", "Observation")` → `subject`, `performer`).
+    pub fn compartment_params(&self, compartment: &str, resource_type: &str) -> &[String] {
+        self.compartments
+            .get(compartment)
+            .and_then(|m| m.get(resource_type))
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
+    fn evaluate_param(&self, c: &Compiled, resource: &Value, out: &mut Vec<IndexValue>) {
+        let kind = self.defs[c.def].kind;
+        let items = fhirpath::evaluate(&c.expr, resource);
+        if kind == SearchParamType::Composite {
+            let mut parts: Vec<Vec<IndexValue>> = Vec::with_capacity(c.components.len());
+            for base in items {
+                parts.clear();
+                for (ckind, cexpr) in &c.components {
+                    let mut vals = Vec::new();
+                    for it in fhirpath::evaluate_on(cexpr, &[base], resource) {
+                        values(*ckind, it, &mut vals);
+                    }
+                    dedup(&mut vals);
+                    parts.push(vals);
+                }
+                cartesian(&parts, COMPOSITE_LIMIT, out);
+            }
+        } else {
+            for it in items {
+                values(kind, it, out);
+            }
+        }
+        dedup(out);
+    }
+
+    /// The index rows of `resource` for every supported parameter of its type.
+    /// A value without a `resourceType` yields nothing.
+    pub fn extract(&self, resource: &Value) -> Vec<IndexEntry> {
+        let Some(rt) = resource.get("resourceType").and_then(Value::as_str) else {
+            return Vec::new();
+        };
+        let ix = self.index(rt);
+        let mut out = Vec::with_capacity(32);
+        let mut vals = Vec::new();
+        for c in &ix.compiled {
+            vals.clear();
+            self.evaluate_param(c, resource, &mut vals);
+            if vals.is_empty() {
+                continue;
+            }
+            let code = &self.defs[c.def].code;
+            out.extend(vals.drain(..).map(|value| IndexEntry {
+                param: code.clone(),
+                value,
+            }));
+        }
+        out
+    }
+
+    /// The values of one parameter of `resource` (empty if the parameter does
+    /// not apply or is not supported).
+    pub fn extract_param(&self, resource: &Value, code: &str) -> Vec<IndexValue> {
+        let Some(rt) = resource.get("resourceType").and_then(Value::as_str) else {
+            return Vec::new();
+        };
+        let ix = self.index(rt);
+        let mut out = Vec::new();
+        if let Some(c) = ix.compiled.iter().find(|c| self.defs[c.def].code == code) {
+            self.evaluate_param(c, resource, &mut out);
+        }
+        out
+    }
+
+    /// The patient whose compartment `resource` belongs to: a Patient's own id;
+    /// otherwise the id of the first local `Patient/{id}` reference found through
+    /// the Patient CompartmentDefinition's parameters for its type, in the
+    /// definition's order. Absolute URLs and `urn:` references are not local
+    /// and do not count.
+    pub fn patient_compartment_owner(&self, resource: &Value) -> Option<String> {
+        let rt = resource.get("resourceType").and_then(Value::as_str)?;
+        if rt == "Patient" {
+            return resource
+                .get("id")
+                .and_then(Value::as_str)
+                .filter(|id| fhirpath::is_fhir_id(id))
+                .map(str::to_string);
+        }
+        for code in self.compartment_params("Patient", rt) {
+            for v in self.extract_param(resource, code) {
+                if let IndexValue::Reference {
+                    target_type: Some(t),
+                    target_id: Some(id),
+                    url,
+                } = v
+                    && t == "Patient"
+                    && !url.contains(':')
+                {
+                    return Some(id);
+                }
+            }
+        }
+        None
+    }
+}
+
+/// Index rows of `resource` for all its type's supported parameters.
+pub fn extract_index(resource: &Value) -> Vec<IndexEntry> {
+    registry().extract(resource)
+}
+
+/// See [`SearchParams::patient_compartment_owner`].
+pub fn patient_compartment_owner(resource: &Value) -> Option<String> {
+    registry().patient_compartment_owner(resource)
+}
+
+/// See [`SearchParams::compartment_params`].
+pub fn compartment_params(compartment: &str, resource_type: &str) -> &'static [String] {
+    registry().compartment_params(compartment, resource_type)
+}
+
+/// `(url, reason)` of every official parameter extraction cannot index; keep
+/// these out of the CapabilityStatement.
+pub fn unsupported_params() -> Vec<(&'static str, String)> {
+    registry().unsupported()
+}
+
+/// The index values one FHIRPath result item yields for a parameter of type
+/// `kind` (for callers that evaluate their own expressions).
+pub fn item_values(kind: SearchParamType, item: Item<'_>) -> Vec<IndexValue> {
+    let mut out = Vec::new();
+    values(kind, item, &mut out);
+    out
+}
