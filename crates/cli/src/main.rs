@@ -1,21 +1,7 @@
-//! The `carelayer` binary: the composition root. It alone picks a storage
-//! backend (from the database URL), builds the record service on it, and
-//! hands that to the HTTP layer. Subcommands call only `records`.
-//!
-//! Map:
-//! - `config`: command-line and environment configuration (clap).
-//! - `backend`: database URL → a `Store`.
-//! - `serve`: run the FHIR server (optionally loading the demo record set).
-//! - `demo`: the demo record set.
+//! `carelayer`: see the library crate root for the map.
 
-mod backend;
-mod config;
-mod demo;
-mod serve;
-
+use carelayer_cli::config::Cli;
 use clap::Parser;
-
-use crate::config::{Cli, Command};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -29,9 +15,5 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async move {
-        match cli.command {
-            Command::Serve(args) => serve::run(args).await,
-        }
-    })
+    runtime.block_on(carelayer_cli::run(cli))
 }

@@ -1,14 +1,13 @@
 //! `carelayer serve`.
 
-use std::sync::Arc;
-
 use anyhow::{Context, bail};
 use carelayer_http::HttpConfig;
-use carelayer_records::{Records, RecordsOptions};
+use carelayer_records::RecordsOptions;
 use tokio::net::TcpListener;
 
+use crate::backend;
 use crate::config::ServeArgs;
-use crate::{backend, demo};
+use crate::server::{ServerConfig, start};
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if !args.listen.ip().is_loopback() {
@@ -17,43 +16,33 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             args.listen
         );
     }
-    let store = backend::open(&args.db.database)?;
-    let records = Arc::new(Records::new(
-        store,
-        RecordsOptions {
-            max_bundle_entries: args.max_bundle_entries,
-            ..RecordsOptions::default()
-        },
-    ));
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let addr = listener.local_addr()?;
-    let base = args
-        .base_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{addr}/fhir"));
-    if args.demo {
-        let written = demo::load(&records, &base).await?;
-        if written == 0 {
-            eprintln!("demo record set already loaded");
-        } else {
-            eprintln!("loaded the demo record set ({written} resources)");
-        }
-    }
-    let app = carelayer_http::app(
-        Arc::clone(&records),
-        HttpConfig {
+    let config = ServerConfig {
+        database: args.db.database.clone(),
+        http: HttpConfig {
             max_body_bytes: args.max_body_bytes,
             base_url: args.base_url.clone(),
         },
-    );
+        records: RecordsOptions {
+            max_bundle_entries: args.max_bundle_entries,
+            ..RecordsOptions::default()
+        },
+        demo: args.demo,
+    };
+    let server = start(config, listener).await?;
+    if args.demo {
+        eprintln!("demo record set ready (5 patients: try {}/Patient?family=Whitfield)", server.base_url);
+    }
     eprintln!(
-        "carelayer serving FHIR R4 at {base} (database {}); loopback only: authentication is not configured yet",
+        "carelayer serving FHIR R4 at {} (database {}); loopback only: authentication is not configured yet",
+        server.base_url,
         backend::redact(&args.db.database)
     );
-    carelayer_http::serve(listener, app, shutdown_signal()).await?;
-    records.close().await;
+    shutdown_signal().await;
+    eprintln!("carelayer stopping");
+    server.stop().await?;
     eprintln!("carelayer stopped");
     Ok(())
 }
@@ -63,7 +52,6 @@ async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    #[cfg(unix)]
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {
@@ -72,8 +60,6 @@ async fn shutdown_signal() {
             Err(_) => std::future::pending::<()>().await,
         }
     };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
     tokio::select! {
         () = ctrl_c => {},
         () = terminate => {},

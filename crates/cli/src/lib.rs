@@ -1,0 +1,29 @@
+//! The `carelayer` binary's library: the composition root. It alone picks a
+//! storage backend (from the database URL), builds the record service on it,
+//! and hands that to the HTTP layer. Subcommands call only `records`.
+//!
+//! Map:
+//! - [`config`]: command-line and environment configuration (clap).
+//! - [`backend`]: database URL → a `Store`.
+//! - [`server`]: build and start the server on an injected listener (tests
+//!   and the bench run the real thing on port 0).
+//! - `serve`: the `serve` subcommand.
+//! - [`demo`]: the demo record set.
+
+pub mod backend;
+pub mod config;
+pub mod demo;
+mod serve;
+pub mod server;
+
+use crate::config::{Cli, Command};
+
+/// Run a parsed command line.
+///
+/// # Errors
+/// Whatever the subcommand reports; `main` prints it.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve::run(args).await,
+    }
+}

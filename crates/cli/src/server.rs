@@ -1,0 +1,79 @@
+//! Building and starting the server: used by `serve`, by the integration
+//! tests (real server on port 0) and by the bench harness.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use carelayer_http::HttpConfig;
+use carelayer_records::{Records, RecordsOptions};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::backend;
+
+/// What a server needs besides its listener.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub database: String,
+    pub http: HttpConfig,
+    pub records: RecordsOptions,
+    pub demo: bool,
+}
+
+/// A server running in this process.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    /// `http://ADDR/fhir` (or the configured base URL).
+    pub base_url: String,
+    pub records: Arc<Records>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningServer {
+    /// Stop accepting, finish requests in flight, flush the store.
+    ///
+    /// # Errors
+    /// An I/O error the server hit while serving.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let served = self.task.await.context("server task panicked")?;
+        self.records.close().await;
+        Ok(served?)
+    }
+}
+
+/// Open the store, build the app and serve it on `listener`; with
+/// `config.demo` the demo record set is loaded first.
+///
+/// # Errors
+/// The store cannot be opened, or the demo set cannot be loaded.
+pub async fn start(config: ServerConfig, listener: TcpListener) -> anyhow::Result<RunningServer> {
+    let store = backend::open(&config.database)?;
+    let records = Arc::new(Records::new(store, config.records.clone()));
+    let addr = listener.local_addr()?;
+    let base_url = config
+        .http
+        .base_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}/fhir"));
+    if config.demo {
+        crate::demo::load(&records, &base_url).await?;
+    }
+    let app = carelayer_http::app(Arc::clone(&records), config.http.clone());
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(carelayer_http::serve(listener, app, async move {
+        let _ = rx.await;
+    }));
+    Ok(RunningServer {
+        addr,
+        base_url,
+        records,
+        shutdown: Some(tx),
+        task,
+    })
+}
