@@ -47,3 +47,11 @@ pub use registry::{
     extract_index, item_values, patient_compartment_owner, registry, unsupported_params,
 };
 pub use text::normalize;
+/// Alias of [`normalize`].
+pub use text::normalize as normalize_string;
+
+/// Alias of [`SearchParamType`].
+pub type ParamType = SearchParamType;
+
+#[cfg(test)]
+mod tests;

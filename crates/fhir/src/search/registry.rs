@@ -55,7 +55,9 @@ pub struct ComponentDef {
     pub definition: String,
     /// FHIRPath, relative to each item of the composite's own expression.
     pub expression: String,
-    /// The type of the referenced parameter (filled from the registry).
+    /// The type of this component's values: the referenced parameter's type
+    /// (corrected where R4 pairs a component with the wrong definition, see
+    /// `DocumentReference-relationship`). Filled by the registry.
     #[serde(skip_deserializing)]
     pub kind: Option<SearchParamType>,
 }
@@ -91,6 +93,26 @@ impl SearchParamDef {
     /// Whether extraction produces index rows for this parameter.
     pub fn is_supported(&self) -> bool {
         self.unsupported.is_none()
+    }
+
+    /// The parameter type.
+    pub fn param_type(&self) -> SearchParamType {
+        self.kind
+    }
+
+    /// The search code (`identifier`, `birthdate`, …).
+    pub fn code(&self) -> &str {
+        &self.code
+    }
+
+    /// The canonical URL of the definition.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Allowed target types of a reference parameter (empty = any).
+    pub fn targets(&self) -> &[String] {
+        &self.target
     }
 
     fn applies_to(&self, resource_type: &str) -> bool {
@@ -164,13 +186,38 @@ impl SearchParams {
         // Parse every expression once; record why a parameter cannot be indexed.
         let mut parsed: Vec<Option<(Expr, Vec<(SearchParamType, Expr)>)>> =
             Vec::with_capacity(defs.len());
+        let exprs: Vec<Option<String>> = defs.iter().map(|d| d.expression.clone()).collect();
         for d in &mut defs {
-            for c in &mut d.components {
-                c.kind = by_url.get(&c.definition).map(|&i| kinds[i]);
+            let comp_defs: Vec<Option<usize>> = d
+                .components
+                .iter()
+                .map(|c| by_url.get(&c.definition).copied())
+                .collect();
+            for (n, c) in d.components.iter_mut().enumerate() {
+                // R4 errata: DocumentReference-relationship pairs `code` with the
+                // `relatesto` (reference) definition and `target` with `relation`
+                // (token). When another component's definition is the one whose
+                // expression ends in this component's path, its type is the right one.
+                let suffix = format!(".{}", c.expression);
+                let own_matches = comp_defs[n]
+                    .and_then(|i| exprs[i].as_deref())
+                    .is_some_and(|e| e.ends_with(&suffix));
+                let better = if own_matches {
+                    None
+                } else {
+                    comp_defs.iter().flatten().copied().find(|&i| {
+                        exprs[i].as_deref().is_some_and(|e| e.ends_with(&suffix))
+                    })
+                };
+                c.kind = better.or(comp_defs[n]).map(|i| kinds[i]);
             }
             let result: Result<_, String> = (|| {
                 if d.kind == SearchParamType::Special {
                     return Err(match d.code.as_str() {
+                        "_filter" => {
+                            "special: _filter is a query language, not an indexed value"
+                                .to_string()
+                        }
                         "near" => "special: geographic proximity over Location.position \
                                    is answered by the search engine, not indexed"
                             .to_string(),
@@ -276,12 +323,14 @@ impl SearchParams {
 
     /// Every parameter applying to `resource_type`, supported or not (see
     /// [`SearchParamDef::is_supported`]).
-    pub fn params_for(&self, resource_type: &str) -> Vec<&SearchParamDef> {
+    pub fn params_for(
+        &self,
+        resource_type: &str,
+    ) -> impl ExactSizeIterator<Item = &SearchParamDef> + '_ {
         self.index(resource_type)
             .params
             .iter()
             .map(|&i| &self.defs[i])
-            .collect()
     }
 
     /// Parameters whose values cannot be extracted, with the reason.
