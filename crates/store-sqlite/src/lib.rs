@@ -1,1 +1,292 @@
-//! carelayer-store-sqlite (in progress)
+//! carelayer-store-sqlite: the embedded default backend of the `Store` trait.
+//!
+//! # Layout
+//! - [`SqliteStore`] / [`SqliteOptions`]: open a database file (created and
+//!   migrated on open), implement [`carelayer_store::Store`], plus
+//!   [`SqliteStore::explain`] to show the plan a search gets.
+//! - `schema`: the migrations this crate owns (`schema_version` table) and the
+//!   table shapes, with the reasons for them.
+//! - `writer`: the one writer thread; group commit of queued write sets and
+//!   audit appends in one transaction with a savepoint per job; the in-memory
+//!   audit chain head.
+//! - `read`: the reader connection pool and the read queries.
+//! - `search`: `SearchQuery` → SQL over the index tables (bound parameters only).
+//! - `error`: rusqlite errors → `StoreError`.
+//!
+//! # Durability
+//! WAL mode with `synchronous=FULL` by default: a commit acknowledged to a
+//! client has its WAL frames fsynced, so it survives power loss as well as a
+//! process kill. `synchronous=NORMAL` under WAL would survive `kill -9` (the WAL
+//! is written before COMMIT returns) but could lose the last transactions on
+//! power loss; it is available as [`Synchronous::Normal`] for bulk loads and
+//! benchmarks, never the default. Group commit makes FULL affordable: one
+//! fsync covers every job queued while the previous batch was committing.
+//!
+//! # Concurrency
+//! Writes (resource write sets and audit appends) go to one writer thread over
+//! a channel and are answered through a oneshot after the batch commits.
+//! Reads run on a pool of read-only connections via `spawn_blocking`; WAL lets
+//! them proceed while the writer commits. If the writer thread dies every call
+//! fails with `Unavailable` instead of hanging (its reply senders drop).
+
+mod error;
+mod read;
+mod schema;
+mod search;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use carelayer_audit::{AuditRecord, LedgerRow};
+use carelayer_store::{
+    CommitReceipt, HistoryQuery, SearchPage, SearchQuery, Store, StoreError, StoredResource,
+    WriteSet,
+};
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::oneshot;
+
+use crate::error::{gone, sql_err};
+use crate::read::ReaderPool;
+use crate::writer::Job;
+
+/// The `synchronous` pragma for the write connection (see the crate docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Synchronous {
+    /// fsync on every commit: acknowledged means durable across power loss.
+    #[default]
+    Full,
+    /// Survives process kill, not power loss. Bulk loads and benchmarks only.
+    Normal,
+}
+
+/// Tuning knobs; the defaults suit a small server.
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// Reader connections (and the cap on concurrent reads).
+    pub readers: usize,
+    /// Most jobs folded into one write transaction.
+    pub max_batch: usize,
+    /// How long a connection waits on a lock held by another process.
+    pub busy_timeout: Duration,
+    pub synchronous: Synchronous,
+    /// Page cache per connection, KiB.
+    pub cache_kib: i64,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+        Self {
+            readers: cores * 2 + 2,
+            max_batch: 512,
+            busy_timeout: Duration::from_secs(5),
+            synchronous: Synchronous::Full,
+            cache_kib: 64 * 1024,
+        }
+    }
+}
+
+/// The embedded SQLite store. Cheap to share behind an `Arc`.
+pub struct SqliteStore {
+    path: PathBuf,
+    /// Submissions to the writer thread. `std` mpsc because the receiving end
+    /// is a plain thread that blocks; `Sender` is `Sync`, so no lock is needed.
+    tx: mpsc::Sender<Job>,
+    /// Set by `close`: refuse new work before flushing what is queued.
+    closed: AtomicBool,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    readers: Arc<ReaderPool>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Microseconds since the Unix epoch (for `ap` on dates).
+pub(crate) fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+impl SqliteStore {
+    /// Open (creating if needed) the database at `path`, migrate it, start the
+    /// writer thread and the reader pool.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] if the file cannot be opened or is locked;
+    /// [`StoreError::Other`] if the schema is newer than this build.
+    pub fn open(path: &Path, options: SqliteOptions) -> Result<Self, StoreError> {
+        let mut conn = Connection::open(path).map_err(sql_err)?;
+        configure(&conn, &options, true)?;
+        schema::migrate(&mut conn)?;
+        schema::seed_planner_stats(&mut conn)?;
+        let head = writer::load_head(&conn)?;
+        let readers = Arc::new(ReaderPool::new(path.to_path_buf(), options.clone()));
+        // Open the readers now so a bad path fails here, not on first read.
+        readers.warm()?;
+        let (tx, rx) = mpsc::channel();
+        let max_batch = options.max_batch;
+        let handle = std::thread::Builder::new()
+            .name("carelayer-sqlite-writer".into())
+            .spawn(move || writer::run(conn, rx, head, max_batch))
+            .map_err(|e| StoreError::Other(format!("cannot start the writer thread: {e}")))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            tx,
+            closed: AtomicBool::new(false),
+            writer: Mutex::new(Some(handle)),
+            readers,
+        })
+    }
+
+    /// `EXPLAIN QUERY PLAN` of the page statement `search` would run, one line
+    /// per plan row (for tests asserting that searches use indexes).
+    ///
+    /// # Errors
+    /// As [`Store::search`].
+    pub async fn explain(&self, query: &SearchQuery) -> Result<Vec<String>, StoreError> {
+        let query = query.clone();
+        self.readers
+            .run(move |conn| read::explain(conn, &query))
+            .await
+    }
+
+    async fn submit<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Job,
+    ) -> Result<T, StoreError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(gone());
+        }
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(make(reply)).map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+}
+
+/// Pragmas for every connection. Why each:
+/// - WAL: readers never block the writer nor each other;
+/// - `synchronous` (writer only matters): see the crate docs;
+/// - `busy_timeout`: wait for another process instead of failing at once;
+/// - `temp_store=MEMORY`: sorts for ORDER BY never touch disk;
+/// - readers are `query_only` so a bug cannot write outside the writer.
+pub(crate) fn configure(
+    conn: &Connection,
+    o: &SqliteOptions,
+    writer: bool,
+) -> Result<(), StoreError> {
+    conn.busy_timeout(o.busy_timeout).map_err(sql_err)?;
+    if writer {
+        let _: String = conn
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .map_err(sql_err)?;
+        let sync = match o.synchronous {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        };
+        conn.execute_batch(&format!("PRAGMA synchronous={sync}"))
+            .map_err(sql_err)?;
+    } else {
+        conn.execute_batch("PRAGMA query_only=ON")
+            .map_err(sql_err)?;
+    }
+    conn.execute_batch(&format!(
+        "PRAGMA temp_store=MEMORY; PRAGMA cache_size=-{}; PRAGMA foreign_keys=OFF;",
+        o.cache_kib.max(1024)
+    ))
+    .map_err(sql_err)?;
+    conn.set_prepared_statement_cache_capacity(128);
+    Ok(())
+}
+
+/// Flags for reader connections: read/write open (WAL readers need the shm
+/// file writable) but `query_only`.
+pub(crate) fn reader_flags() -> OpenFlags {
+    OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn read_current(
+        &self,
+        resource_type: &str,
+        id: &str,
+    ) -> Result<Option<StoredResource>, StoreError> {
+        let (t, i) = (resource_type.to_owned(), id.to_owned());
+        self.readers
+            .run(move |conn| read::current(conn, &t, &i))
+            .await
+    }
+
+    async fn read_version(
+        &self,
+        resource_type: &str,
+        id: &str,
+        version: i64,
+    ) -> Result<Option<StoredResource>, StoreError> {
+        let (t, i) = (resource_type.to_owned(), id.to_owned());
+        self.readers
+            .run(move |conn| read::version(conn, &t, &i, version))
+            .await
+    }
+
+    async fn history(&self, query: &HistoryQuery) -> Result<Vec<StoredResource>, StoreError> {
+        let q = query.clone();
+        self.readers.run(move |conn| read::history(conn, &q)).await
+    }
+
+    async fn search(&self, query: &SearchQuery) -> Result<SearchPage, StoreError> {
+        let q = query.clone();
+        self.readers.run(move |conn| read::search(conn, &q)).await
+    }
+
+    async fn commit(&self, writes: WriteSet) -> Result<CommitReceipt, StoreError> {
+        self.submit(|reply| Job::Commit(writes, reply)).await
+    }
+
+    async fn append_audit(&self, entries: Vec<AuditRecord>) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        self.submit(|reply| Job::Audit(entries, reply)).await
+    }
+
+    async fn audit_rows(&self, after_seq: i64, limit: usize) -> Result<Vec<LedgerRow>, StoreError> {
+        self.readers
+            .run(move |conn| read::audit_rows(conn, after_seq, limit))
+            .await
+    }
+
+    async fn count(&self, resource_type: Option<&str>) -> Result<u64, StoreError> {
+        let t = resource_type.map(str::to_owned);
+        self.readers
+            .run(move |conn| read::count(conn, t.as_deref()))
+            .await
+    }
+
+    async fn close(&self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (reply, done) = oneshot::channel();
+        if self.tx.send(Job::Close(reply)).is_ok() {
+            let _ = done.await;
+        }
+        let handle = self.writer.lock().ok().and_then(|mut h| h.take());
+        if let Some(h) = handle {
+            // The thread has replied and is returning; joining is immediate.
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+        self.readers.close();
+    }
+}

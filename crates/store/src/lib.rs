@@ -14,6 +14,7 @@
 //! The trait is deliberately small: conditional operations, version numbering,
 //! `meta` stamping and bundle semantics are built once above it, in `records`.
 
+#[cfg(feature = "contract")]
 pub mod contract;
 mod error;
 mod query;
@@ -80,8 +81,10 @@ pub trait Store: Send + Sync + 'static {
     ///
     /// # Errors
     /// Any failure: the caller must then fail the request it was auditing.
-    async fn append_audit(&self, entries: Vec<carelayer_audit::AuditRecord>)
-        -> Result<(), StoreError>;
+    async fn append_audit(
+        &self,
+        entries: Vec<carelayer_audit::AuditRecord>,
+    ) -> Result<(), StoreError>;
 
     /// Audit ledger rows in sequence order, starting after `after_seq`.
     ///

@@ -118,9 +118,18 @@ pub enum IndexTest {
     /// Normalised substring.
     StringContains(String),
     /// The search value as a range `[low, high]` (microseconds, inclusive).
-    Date { prefix: Prefix, low: i64, high: i64 },
+    Date {
+        prefix: Prefix,
+        low: i64,
+        high: i64,
+    },
     /// `low`/`high` is the implicit range of the search value's precision.
-    Number { prefix: Prefix, value: f64, low: f64, high: f64 },
+    Number {
+        prefix: Prefix,
+        value: f64,
+        low: f64,
+        high: f64,
+    },
     Quantity {
         prefix: Prefix,
         value: f64,

@@ -1,0 +1,303 @@
+//! Reader connections and the read queries.
+//!
+//! Connections sit in a plain `std` mutex-guarded stack (held only to push or
+//! pop, never across a query or an await) behind a semaphore that bounds
+//! concurrent reads to the number of connections. Each read runs on
+//! `spawn_blocking` so SQLite's blocking calls never stall the async runtime.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use carelayer_audit::LedgerRow;
+use carelayer_store::{
+    HistoryQuery, HistoryScope, SearchPage, SearchQuery, StoreError, StoredResource, TotalMode,
+};
+use rusqlite::types::Value;
+use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
+use tokio::sync::Semaphore;
+
+use crate::error::{gone, sql_err};
+use crate::search::{Shape, build};
+use crate::{SqliteOptions, configure, reader_flags};
+
+pub(crate) struct ReaderPool {
+    path: PathBuf,
+    options: SqliteOptions,
+    idle: Mutex<Vec<Connection>>,
+    permits: Arc<Semaphore>,
+}
+
+impl ReaderPool {
+    pub(crate) fn new(path: PathBuf, options: SqliteOptions) -> Self {
+        let n = options.readers.max(1);
+        Self {
+            path,
+            options,
+            idle: Mutex::new(Vec::with_capacity(n)),
+            permits: Arc::new(Semaphore::new(n)),
+        }
+    }
+
+    /// Open every reader connection up front.
+    pub(crate) fn warm(&self) -> Result<(), StoreError> {
+        let mut conns = Vec::new();
+        for _ in 0..self.options.readers.max(1) {
+            conns.push(self.open()?);
+        }
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.extend(conns);
+        }
+        Ok(())
+    }
+
+    fn open(&self) -> Result<Connection, StoreError> {
+        let conn = Connection::open_with_flags(&self.path, reader_flags()).map_err(sql_err)?;
+        configure(&conn, &self.options, false)?;
+        Ok(conn)
+    }
+
+    /// A connection from the stack, or a fresh one if a previous read lost
+    /// its connection to a panic.
+    fn take(&self) -> Result<Connection, StoreError> {
+        let popped = self.idle.lock().map_err(|_| gone())?.pop();
+        match popped {
+            Some(c) => Ok(c),
+            None => self.open(),
+        }
+    }
+
+    fn put(&self, conn: Connection) {
+        if self.permits.is_closed() {
+            return;
+        }
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.push(conn);
+        }
+    }
+
+    /// Run `f` on a reader connection.
+    pub(crate) async fn run<T, F>(self: &Arc<Self>, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let permit = Arc::clone(&self.permits)
+            .acquire_owned()
+            .await
+            .map_err(|_| gone())?;
+        let pool = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let mut conn = pool.take()?;
+            let result = f(&mut conn);
+            pool.put(conn);
+            drop(permit);
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Other(format!("read task failed: {e}")))?
+    }
+
+    pub(crate) fn close(&self) {
+        self.permits.close();
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.clear();
+        }
+    }
+}
+
+const RESOURCE_COLUMNS: &str =
+    "r.type, r.id, r.version, r.seq, r.last_updated, r.deleted, r.patient_key, r.json";
+
+fn resource(row: &Row<'_>) -> rusqlite::Result<StoredResource> {
+    Ok(StoredResource {
+        resource_type: row.get(0)?,
+        id: row.get(1)?,
+        version: row.get(2)?,
+        seq: row.get(3)?,
+        last_updated: row.get(4)?,
+        deleted: row.get::<_, i64>(5)? != 0,
+        patient_key: row.get(6)?,
+        json: row.get(7)?,
+    })
+}
+
+pub(crate) fn current(
+    conn: &Connection,
+    t: &str,
+    id: &str,
+) -> Result<Option<StoredResource>, StoreError> {
+    conn.prepare_cached(&format!(
+        "SELECT {RESOURCE_COLUMNS} FROM current c JOIN resources r ON r.seq = c.seq \
+         WHERE c.type = ?1 AND c.id = ?2"
+    ))
+    .and_then(|mut s| s.query_row(params![t, id], resource).optional())
+    .map_err(sql_err)
+}
+
+pub(crate) fn version(
+    conn: &Connection,
+    t: &str,
+    id: &str,
+    v: i64,
+) -> Result<Option<StoredResource>, StoreError> {
+    conn.prepare_cached(&format!(
+        "SELECT {RESOURCE_COLUMNS} FROM resources r WHERE r.type = ?1 AND r.id = ?2 AND r.version = ?3"
+    ))
+    .and_then(|mut s| s.query_row(params![t, id, v], resource).optional())
+    .map_err(sql_err)
+}
+
+pub(crate) fn history(
+    conn: &Connection,
+    q: &HistoryQuery,
+) -> Result<Vec<StoredResource>, StoreError> {
+    // Built from fixed fragments so each shape is one cached statement; the
+    // values are bound.
+    let mut sql = format!("SELECT {RESOURCE_COLUMNS} FROM resources r WHERE 1");
+    let mut binds: Vec<Value> = Vec::new();
+    match &q.scope {
+        HistoryScope::System => {}
+        HistoryScope::Type(t) => {
+            sql.push_str(" AND r.type = ?");
+            binds.push(Value::Text(t.clone()));
+        }
+        HistoryScope::Instance { resource_type, id } => {
+            sql.push_str(" AND r.type = ? AND r.id = ?");
+            binds.push(Value::Text(resource_type.clone()));
+            binds.push(Value::Text(id.clone()));
+        }
+    }
+    if let Some(since) = q.since {
+        sql.push_str(" AND r.last_updated >= ?");
+        binds.push(Value::Integer(since));
+    }
+    if let Some(before) = q.before_seq {
+        sql.push_str(" AND r.seq < ?");
+        binds.push(Value::Integer(before));
+    }
+    sql.push_str(" ORDER BY r.seq DESC LIMIT ?");
+    binds.push(Value::Integer(i64::try_from(q.count).unwrap_or(i64::MAX)));
+    let mut stmt = conn.prepare_cached(&sql).map_err(sql_err)?;
+    stmt.query_map(params_from_iter(binds.iter()), resource)
+        .and_then(Iterator::collect)
+        .map_err(sql_err)
+}
+
+pub(crate) fn count(conn: &Connection, t: Option<&str>) -> Result<u64, StoreError> {
+    let n: i64 = match t {
+        Some(t) => conn
+            .prepare_cached("SELECT count(*) FROM current WHERE type = ?1 AND deleted = 0")
+            .and_then(|mut s| s.query_row([t], |r| r.get(0))),
+        None => conn
+            .prepare_cached("SELECT count(*) FROM current WHERE deleted = 0")
+            .and_then(|mut s| s.query_row([], |r| r.get(0))),
+    }
+    .map_err(sql_err)?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+pub(crate) fn audit_rows(
+    conn: &Connection,
+    after: i64,
+    limit: usize,
+) -> Result<Vec<LedgerRow>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT seq, record, hash FROM audit_ledger WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )
+        .map_err(sql_err)?;
+    let raw: Vec<(i64, Vec<u8>, Vec<u8>)> = stmt
+        .query_map(
+            params![after, i64::try_from(limit).unwrap_or(i64::MAX)],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .and_then(Iterator::collect)
+        .map_err(sql_err)?;
+    raw.into_iter()
+        .map(|(seq, record, hash)| {
+            let record = carelayer_audit::decode(&record)
+                .map_err(|e| StoreError::Other(format!("audit row {seq}: {e}")))?;
+            let hash: [u8; 32] = hash
+                .try_into()
+                .map_err(|_| StoreError::Other(format!("audit row {seq}: hash is not 32 bytes")))?;
+            Ok(LedgerRow { seq, record, hash })
+        })
+        .collect()
+}
+
+pub(crate) fn search(conn: &mut Connection, q: &SearchQuery) -> Result<SearchPage, StoreError> {
+    // One read transaction: the snapshot, the page, the total and the json
+    // all see the same database state.
+    let tx = conn.transaction().map_err(sql_err)?;
+    let snapshot = match q.snapshot_seq {
+        Some(s) => s,
+        None => tx
+            .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM resources")
+            .and_then(|mut s| s.query_row([], |r| r.get(0)))
+            .map_err(sql_err)?,
+    };
+    let now = crate::now_micros();
+    let page = build(q, Some(snapshot), Shape::Page, now)?;
+    let heads: Vec<StoredResource> = {
+        let mut stmt = tx.prepare_cached(&page.text).map_err(sql_err)?;
+        stmt.query_map(params_from_iter(page.params.iter()), |row| {
+            Ok(StoredResource {
+                resource_type: row.get(0)?,
+                id: row.get(1)?,
+                version: row.get(2)?,
+                seq: row.get(3)?,
+                last_updated: row.get(4)?,
+                deleted: row.get::<_, i64>(5)? != 0,
+                patient_key: row.get(6)?,
+                json: Vec::new(),
+            })
+        })
+        .and_then(Iterator::collect)
+        .map_err(sql_err)?
+    };
+    // The json is fetched per match by rowid after sorting/limiting, so the
+    // sorter never carries resource bodies.
+    let mut matches = heads;
+    {
+        let mut stmt = tx
+            .prepare_cached("SELECT json FROM resources WHERE seq = ?1")
+            .map_err(sql_err)?;
+        for m in &mut matches {
+            m.json = stmt.query_row([m.seq], |r| r.get(0)).map_err(sql_err)?;
+        }
+    }
+    let total = match q.total {
+        TotalMode::None => None,
+        TotalMode::Estimate | TotalMode::Accurate => {
+            let c = build(q, Some(snapshot), Shape::Count, now)?;
+            let n: i64 = tx
+                .prepare_cached(&c.text)
+                .and_then(|mut s| s.query_row(params_from_iter(c.params.iter()), |r| r.get(0)))
+                .map_err(sql_err)?;
+            Some(u64::try_from(n).unwrap_or(0))
+        }
+    };
+    tx.finish().map_err(sql_err)?;
+    Ok(SearchPage {
+        matches,
+        total,
+        snapshot_seq: snapshot,
+    })
+}
+
+pub(crate) fn explain(conn: &mut Connection, q: &SearchQuery) -> Result<Vec<String>, StoreError> {
+    let sql = build(
+        q,
+        Some(q.snapshot_seq.unwrap_or(i64::MAX)),
+        Shape::Page,
+        crate::now_micros(),
+    )?;
+    let mut stmt = conn
+        .prepare(&format!("EXPLAIN QUERY PLAN {}", sql.text))
+        .map_err(sql_err)?;
+    stmt.query_map(params_from_iter(sql.params.iter()), |r| {
+        r.get::<_, String>(3)
+    })
+    .and_then(Iterator::collect)
+    .map_err(sql_err)
+}

@@ -1,0 +1,274 @@
+//! Migrations this crate owns, applied in order at open.
+//!
+//! Each entry of [`MIGRATIONS`] is applied once, in its own transaction, and
+//! recorded in `schema_version`. Never edit a released migration: append one.
+
+use rusqlite::Connection;
+
+use crate::error::sql_err;
+use carelayer_store::StoreError;
+
+/// Version 1: resources (every version), the current-version table, typed
+/// index tables over current versions, and the audit ledger.
+///
+/// Shape notes (why, not what):
+/// - `resources.seq` is the rowid: the global commit order is the table's own
+///   key, so history newest-first is a backwards b-tree walk, and the json of a
+///   current version is one rowid lookup away.
+/// - `current.rid` is a stable surrogate for `(type, id)`: index rows carry it
+///   instead of the two strings, so the index tables and their b-trees stay
+///   small and every search predicate is `c.rid IN (index lookup)`.
+/// - Index tables lead with `param` because every test names its parameter
+///   and `_type`-less searches must still use them.
+/// - `grp` links the component rows of one composite value (see
+///   `idx_composite`); the partial indexes on it cost nothing for plain rows.
+/// - `patient_key` is on every patient-compartment row, the shard key of the
+///   scale-out design.
+/// - Triggers make versions and the audit ledger append-only even against a
+///   stray statement.
+const V1: &str = r"
+CREATE TABLE resources (
+    seq          INTEGER PRIMARY KEY,
+    type         TEXT    NOT NULL,
+    id           TEXT    NOT NULL,
+    version      INTEGER NOT NULL,
+    last_updated INTEGER NOT NULL,
+    deleted      INTEGER NOT NULL,
+    patient_key  TEXT,
+    json         BLOB    NOT NULL
+);
+CREATE UNIQUE INDEX resources_version ON resources(type, id, version);
+CREATE INDEX resources_type_seq ON resources(type, seq);
+CREATE TRIGGER resources_no_update BEFORE UPDATE ON resources
+    BEGIN SELECT RAISE(ABORT, 'resource versions are immutable'); END;
+CREATE TRIGGER resources_no_delete BEFORE DELETE ON resources
+    BEGIN SELECT RAISE(ABORT, 'resource versions are immutable'); END;
+
+CREATE TABLE current (
+    rid          INTEGER PRIMARY KEY,
+    type         TEXT    NOT NULL,
+    id           TEXT    NOT NULL,
+    version      INTEGER NOT NULL,
+    seq          INTEGER NOT NULL,
+    last_updated INTEGER NOT NULL,
+    deleted      INTEGER NOT NULL,
+    patient_key  TEXT
+);
+CREATE UNIQUE INDEX current_key ON current(type, id);
+CREATE INDEX current_live ON current(type) WHERE deleted = 0;
+CREATE INDEX current_patient ON current(patient_key, type) WHERE patient_key IS NOT NULL;
+CREATE INDEX current_updated ON current(type, last_updated);
+
+CREATE TABLE idx_token (
+    rid INTEGER NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL,
+    system TEXT, code TEXT, text TEXT, patient_key TEXT, grp INTEGER
+);
+CREATE INDEX idx_token_code ON idx_token(param, code, system);
+CREATE INDEX idx_token_system ON idx_token(param, system) WHERE system IS NOT NULL;
+CREATE INDEX idx_token_text ON idx_token(param, text) WHERE text IS NOT NULL;
+CREATE INDEX idx_token_rid ON idx_token(rid, param);
+CREATE INDEX idx_token_grp ON idx_token(grp) WHERE grp IS NOT NULL;
+
+CREATE TABLE idx_string (
+    rid INTEGER NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL,
+    normalized TEXT NOT NULL, exact TEXT NOT NULL, patient_key TEXT, grp INTEGER
+);
+CREATE INDEX idx_string_norm ON idx_string(param, normalized);
+CREATE INDEX idx_string_exact ON idx_string(param, exact);
+CREATE INDEX idx_string_rid ON idx_string(rid, param);
+CREATE INDEX idx_string_grp ON idx_string(grp) WHERE grp IS NOT NULL;
+
+CREATE TABLE idx_date (
+    rid INTEGER NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL,
+    low INTEGER NOT NULL, high INTEGER NOT NULL, patient_key TEXT, grp INTEGER
+);
+CREATE INDEX idx_date_low ON idx_date(param, low);
+CREATE INDEX idx_date_high ON idx_date(param, high);
+CREATE INDEX idx_date_rid ON idx_date(rid, param);
+CREATE INDEX idx_date_grp ON idx_date(grp) WHERE grp IS NOT NULL;
+
+CREATE TABLE idx_number (
+    rid INTEGER NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL,
+    value REAL, patient_key TEXT, grp INTEGER
+);
+CREATE INDEX idx_number_value ON idx_number(param, value);
+CREATE INDEX idx_number_rid ON idx_number(rid, param);
+CREATE INDEX idx_number_grp ON idx_number(grp) WHERE grp IS NOT NULL;
+
+CREATE TABLE idx_quantity (
+    rid INTEGER NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL,
+    value REAL, system TEXT, code TEXT, unit TEXT, patient_key TEXT, grp INTEGER
+);
+CREATE INDEX idx_quantity_value ON idx_quantity(param, value);
+CREATE INDEX idx_quantity_rid ON idx_quantity(rid, param);
+CREATE INDEX idx_quantity_grp ON idx_quantity(grp) WHERE grp IS NOT NULL;
+
+CREATE TABLE idx_reference (
+    rid INTEGER NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL,
+    target_type TEXT, target_id TEXT, url TEXT NOT NULL, patient_key TEXT, grp INTEGER
+);
+CREATE INDEX idx_reference_target ON idx_reference(param, target_id, target_type);
+CREATE INDEX idx_reference_url ON idx_reference(param, url);
+CREATE INDEX idx_reference_rid ON idx_reference(rid, param);
+CREATE INDEX idx_reference_grp ON idx_reference(grp) WHERE grp IS NOT NULL;
+
+CREATE TABLE idx_uri (
+    rid INTEGER NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL,
+    uri TEXT NOT NULL, patient_key TEXT, grp INTEGER
+);
+CREATE INDEX idx_uri_uri ON idx_uri(param, uri);
+CREATE INDEX idx_uri_rid ON idx_uri(rid, param);
+CREATE INDEX idx_uri_grp ON idx_uri(grp) WHERE grp IS NOT NULL;
+
+-- One row per composite value; its components live in the typed tables under
+-- the parameter name `<param>#<position>` with `grp` = this row's `grp`, so a
+-- composite test is a join of ordinary typed tests on `grp`.
+CREATE TABLE idx_composite (
+    grp INTEGER PRIMARY KEY,
+    rid INTEGER NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL,
+    parts TEXT NOT NULL, patient_key TEXT
+);
+CREATE INDEX idx_composite_param ON idx_composite(param);
+CREATE INDEX idx_composite_rid ON idx_composite(rid, param);
+
+CREATE TABLE audit_ledger (
+    seq    INTEGER PRIMARY KEY,
+    record BLOB NOT NULL,
+    hash   BLOB NOT NULL
+);
+CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit_ledger
+    BEGIN SELECT RAISE(ABORT, 'the audit ledger is append-only'); END;
+CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit_ledger
+    BEGIN SELECT RAISE(ABORT, 'the audit ledger is append-only'); END;
+";
+
+/// Ordered migrations; index + 1 is the schema version it produces.
+pub(crate) const MIGRATIONS: &[&str] = &[V1];
+
+/// The index tables, in the order rows are cleared on update/delete.
+pub(crate) const INDEX_TABLES: &[&str] = &[
+    "idx_token",
+    "idx_string",
+    "idx_date",
+    "idx_number",
+    "idx_quantity",
+    "idx_reference",
+    "idx_uri",
+    "idx_composite",
+];
+
+/// Planner statistics for a fresh database, in `sqlite_stat1` format
+/// (`rows`, then average rows per distinct prefix of the index columns).
+///
+/// Why: with no statistics SQLite assumes every index is equally selective
+/// and, for `Patient?identifier=X ORDER BY type, id`, prefers walking
+/// `current_key` over all Patients (it avoids a sort) to looking the
+/// identifier up. These figures describe a national-scale shape (few types,
+/// many rows per type and per parameter, few rows per value) so plans are
+/// index-driven from the first request. They are written only when no
+/// statistics exist; a later `ANALYZE` replaces them with measured ones.
+const SEEDED_STATS: &[(&str, &str, &str)] = &[
+    ("resources", "resources_version", "3000000 300000 3 1"),
+    ("resources", "resources_type_seq", "3000000 300000 1"),
+    ("current", "current_key", "1000000 100000 1"),
+    ("current", "current_live", "1000000 100000"),
+    ("current", "current_patient", "1000000 50 10"),
+    ("current", "current_updated", "1000000 100000 2"),
+    ("idx_token", "idx_token_code", "10000000 200000 20 10"),
+    ("idx_token", "idx_token_system", "5000000 200000 50000"),
+    ("idx_token", "idx_token_text", "2000000 200000 20"),
+    ("idx_token", "idx_token_rid", "10000000 10 2"),
+    ("idx_token", "idx_token_grp", "100000 2"),
+    ("idx_string", "idx_string_norm", "5000000 500000 20"),
+    ("idx_string", "idx_string_exact", "5000000 500000 20"),
+    ("idx_string", "idx_string_rid", "5000000 8 2"),
+    ("idx_string", "idx_string_grp", "10000 2"),
+    ("idx_date", "idx_date_low", "2000000 200000 5"),
+    ("idx_date", "idx_date_high", "2000000 200000 5"),
+    ("idx_date", "idx_date_rid", "2000000 3 1"),
+    ("idx_date", "idx_date_grp", "10000 2"),
+    ("idx_number", "idx_number_value", "100000 20000 5"),
+    ("idx_number", "idx_number_rid", "100000 2 1"),
+    ("idx_number", "idx_number_grp", "10000 2"),
+    ("idx_quantity", "idx_quantity_value", "1000000 200000 5"),
+    ("idx_quantity", "idx_quantity_rid", "1000000 2 1"),
+    ("idx_quantity", "idx_quantity_grp", "100000 2"),
+    ("idx_reference", "idx_reference_target", "3000000 300000 20 20"),
+    ("idx_reference", "idx_reference_url", "3000000 300000 20"),
+    ("idx_reference", "idx_reference_rid", "3000000 4 1"),
+    ("idx_reference", "idx_reference_grp", "10000 2"),
+    ("idx_uri", "idx_uri_uri", "100000 20000 5"),
+    ("idx_uri", "idx_uri_rid", "100000 2 1"),
+    ("idx_uri", "idx_uri_grp", "10000 2"),
+    ("idx_composite", "idx_composite_param", "1000000 100000"),
+    ("idx_composite", "idx_composite_rid", "1000000 3 2"),
+];
+
+/// Write [`SEEDED_STATS`] if the database has no planner statistics yet.
+pub(crate) fn seed_planner_stats(conn: &mut Connection) -> Result<(), StoreError> {
+    let has_stats: bool = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE name = 'sqlite_stat1'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map_err(sql_err)?
+        > 0
+        && conn
+            .query_row("SELECT count(*) FROM sqlite_stat1", [], |r| r.get::<_, i64>(0))
+            .map_err(sql_err)?
+            > 0;
+    if has_stats {
+        return Ok(());
+    }
+    let tx = conn.transaction().map_err(sql_err)?;
+    // ANALYZE of the (empty) schema creates sqlite_stat1.
+    tx.execute_batch("ANALYZE").map_err(sql_err)?;
+    tx.execute("DELETE FROM sqlite_stat1", []).map_err(sql_err)?;
+    for (tbl, idx, stat) in SEEDED_STATS {
+        tx.execute(
+            "INSERT INTO sqlite_stat1 (tbl, idx, stat) VALUES (?1, ?2, ?3)",
+            [tbl, idx, stat],
+        )
+        .map_err(sql_err)?;
+    }
+    tx.commit().map_err(sql_err)?;
+    // Make this connection's planner load them (readers open afterwards).
+    conn.execute_batch("ANALYZE sqlite_schema").map_err(sql_err)?;
+    Ok(())
+}
+
+/// Bring the schema up to date.
+pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        .map_err(sql_err)?;
+    let applied: i64 = conn
+        .query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_version",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(sql_err)?;
+    let known = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
+    if applied > known {
+        return Err(StoreError::Other(format!(
+            "database schema version {applied} is newer than this build ({known})"
+        )));
+    }
+    for (i, sql) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .skip(usize::try_from(applied).unwrap_or(0))
+    {
+        let version = i64::try_from(i + 1).unwrap_or(i64::MAX);
+        let tx = conn.transaction().map_err(sql_err)?;
+        tx.execute_batch(sql).map_err(sql_err)?;
+        tx.execute(
+            "INSERT INTO schema_version (version) VALUES (?1)",
+            [version],
+        )
+        .map_err(sql_err)?;
+        tx.commit().map_err(sql_err)?;
+    }
+    Ok(())
+}

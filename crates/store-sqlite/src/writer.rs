@@ -1,0 +1,456 @@
+//! The single writer thread and its group commit.
+//!
+//! SQLite allows one writer at a time, and every commit in `synchronous=FULL`
+//! costs an fsync. So one thread owns the write connection, drains whatever
+//! is queued (up to `max_batch` jobs), runs the batch as ONE transaction with a
+//! SAVEPOINT per job, commits once, then answers every job. A job whose
+//! precondition fails is rolled back to its savepoint alone. Throughput then
+//! scales with the number of waiting clients instead of being capped at one
+//! fsync per request.
+//!
+//! The audit chain head (last seq and hash) lives here, in memory, loaded at
+//! open: appending needs no read. Each job snapshots it before running and
+//! restores it if the job rolls back; a failed COMMIT restores the batch's
+//! starting head.
+
+use std::sync::mpsc::{Receiver, TryRecvError};
+
+use carelayer_audit::{AuditRecord, GENESIS_HASH, canonical_bytes, chain_hash_bytes};
+use carelayer_fhir::search::{IndexEntry, IndexValue};
+use carelayer_store::{CommitReceipt, Precondition, ResourceWrite, StoreError, WriteSet};
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::oneshot;
+
+use crate::error::sql_err;
+use crate::search::{Shape, build};
+
+/// Work for the writer.
+pub(crate) enum Job {
+    Commit(WriteSet, oneshot::Sender<Result<CommitReceipt, StoreError>>),
+    Audit(Vec<AuditRecord>, oneshot::Sender<Result<(), StoreError>>),
+    /// Finish what is queued before this, then stop.
+    Close(oneshot::Sender<()>),
+}
+
+/// The ledger's chain head: last seq and its hash.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Head {
+    seq: i64,
+    hash: [u8; 32],
+}
+
+/// Load the chain head from the last ledger row.
+pub(crate) fn load_head(conn: &Connection) -> Result<Head, StoreError> {
+    let row: Option<(i64, Vec<u8>)> = conn
+        .query_row(
+            "SELECT seq, hash FROM audit_ledger ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(sql_err)?;
+    match row {
+        None => Ok(Head {
+            seq: 0,
+            hash: GENESIS_HASH,
+        }),
+        Some((seq, hash)) => {
+            let hash: [u8; 32] = hash
+                .try_into()
+                .map_err(|_| StoreError::Other(format!("audit row {seq}: hash is not 32 bytes")))?;
+            Ok(Head { seq, hash })
+        }
+    }
+}
+
+/// The writer thread's body. Returns when a `Close` job is done or every
+/// sender is gone.
+pub(crate) fn run(conn: Connection, rx: Receiver<Job>, mut head: Head, max_batch: usize) {
+    let max_batch = max_batch.max(1);
+    let mut batch: Vec<Job> = Vec::with_capacity(max_batch);
+    loop {
+        let Ok(first) = rx.recv() else { return };
+        batch.push(first);
+        let mut closing = None;
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        // A Close job ends the batch: jobs before it are flushed; none follow
+        // it because `close` stops new submissions first.
+        if let Some(pos) = batch.iter().position(|j| matches!(j, Job::Close(_))) {
+            let rest = batch.split_off(pos);
+            for job in rest {
+                if let Job::Close(reply) = job {
+                    closing.get_or_insert(reply);
+                }
+            }
+        }
+        if !batch.is_empty() {
+            run_batch(&conn, &mut batch, &mut head);
+        }
+        batch.clear();
+        if let Some(reply) = closing {
+            let _ = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)");
+            drop(conn);
+            let _ = reply.send(());
+            return;
+        }
+    }
+}
+
+/// The result a job will be answered with once the batch commits.
+enum Outcome {
+    Commit(Result<CommitReceipt, StoreError>),
+    Audit(Result<(), StoreError>),
+}
+
+fn run_batch(conn: &Connection, batch: &mut Vec<Job>, head: &mut Head) {
+    let start = *head;
+    let outcomes = match run_in_transaction(conn, batch, head) {
+        Ok(outcomes) => outcomes,
+        Err(e) => {
+            // Nothing of the batch is durable: undo the in-memory head too.
+            let _ = conn.execute_batch("ROLLBACK");
+            *head = start;
+            tracing::warn!(error = %e, jobs = batch.len(), "sqlite batch failed");
+            batch
+                .iter()
+                .map(|j| match j {
+                    Job::Commit(..) => Outcome::Commit(Err(clone_err(&e))),
+                    _ => Outcome::Audit(Err(clone_err(&e))),
+                })
+                .collect()
+        }
+    };
+    for (job, outcome) in batch.drain(..).zip(outcomes) {
+        match (job, outcome) {
+            (Job::Commit(_, reply), Outcome::Commit(r)) => {
+                let _ = reply.send(r);
+            }
+            (Job::Audit(_, reply), Outcome::Audit(r)) => {
+                let _ = reply.send(r);
+            }
+            (Job::Commit(_, reply), Outcome::Audit(Err(e))) => {
+                let _ = reply.send(Err(e));
+            }
+            (Job::Audit(_, reply), Outcome::Commit(Err(e))) => {
+                let _ = reply.send(Err(e));
+            }
+            // Shapes always match (built from the same batch in order).
+            _ => {}
+        }
+    }
+}
+
+fn clone_err(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::PreconditionFailed(m) => StoreError::PreconditionFailed(m.clone()),
+        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+        StoreError::Unsupported(m) => StoreError::Unsupported(m.clone()),
+        StoreError::Other(m) => StoreError::Other(m.clone()),
+    }
+}
+
+/// BEGIN, one savepoint per job, COMMIT. An `Err` means the whole batch failed.
+fn run_in_transaction(
+    conn: &Connection,
+    batch: &[Job],
+    head: &mut Head,
+) -> Result<Vec<Outcome>, StoreError> {
+    conn.execute_batch("BEGIN IMMEDIATE").map_err(sql_err)?;
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for job in batch {
+        let saved = *head;
+        conn.execute_batch("SAVEPOINT job").map_err(sql_err)?;
+        let result = match job {
+            Job::Commit(ws, _) => apply_write_set(conn, ws, head).map(Some),
+            Job::Audit(records, _) => append(conn, records, head).map(|()| None),
+            Job::Close(_) => Ok(None),
+        };
+        if result.is_err() {
+            conn.execute_batch("ROLLBACK TO job").map_err(sql_err)?;
+            *head = saved;
+        }
+        conn.execute_batch("RELEASE job").map_err(sql_err)?;
+        outcomes.push(match job {
+            Job::Commit(..) => {
+                Outcome::Commit(result.map(|r| r.unwrap_or(CommitReceipt { first_seq: 0 })))
+            }
+            _ => Outcome::Audit(result.map(|_| ())),
+        });
+    }
+    conn.execute_batch("COMMIT").map_err(sql_err)?;
+    Ok(outcomes)
+}
+
+/// Preconditions, then versions + index rows, then audit entries.
+fn apply_write_set(
+    conn: &Connection,
+    ws: &WriteSet,
+    head: &mut Head,
+) -> Result<CommitReceipt, StoreError> {
+    for p in &ws.preconditions {
+        check(conn, p)?;
+    }
+    let mut first_seq = 0;
+    for (i, w) in ws.resources.iter().enumerate() {
+        let seq = write_resource(conn, w)?;
+        if i == 0 {
+            first_seq = seq;
+        }
+    }
+    append(conn, &ws.audit, head)?;
+    Ok(CommitReceipt { first_seq })
+}
+
+fn check(conn: &Connection, p: &Precondition) -> Result<(), StoreError> {
+    match p {
+        Precondition::CurrentVersion {
+            resource_type,
+            id,
+            expected,
+        } => {
+            let found: Option<i64> = conn
+                .prepare_cached("SELECT version FROM current WHERE type = ?1 AND id = ?2")
+                .and_then(|mut s| {
+                    s.query_row(params![resource_type, id], |r| r.get(0))
+                        .optional()
+                })
+                .map_err(sql_err)?;
+            if found != *expected {
+                return Err(StoreError::PreconditionFailed(format!(
+                    "{resource_type}/{id}: expected version {}, found {}",
+                    show(*expected),
+                    show(found)
+                )));
+            }
+        }
+        Precondition::SearchMatches {
+            query,
+            expected_ids,
+        } => {
+            let sql = build(query, None, Shape::Ids, crate::now_micros())?;
+            let mut stmt = conn.prepare_cached(&sql.text).map_err(sql_err)?;
+            let mut found: Vec<String> = stmt
+                .query_map(rusqlite::params_from_iter(sql.params.iter()), |r| r.get(0))
+                .and_then(Iterator::collect)
+                .map_err(sql_err)?;
+            let mut expected = expected_ids.clone();
+            found.sort();
+            found.dedup();
+            expected.sort();
+            expected.dedup();
+            if found != expected {
+                return Err(StoreError::PreconditionFailed(format!(
+                    "search now matches {found:?}, expected {expected:?}"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn show(v: Option<i64>) -> String {
+    v.map_or_else(|| "none".to_owned(), |v| v.to_string())
+}
+
+/// Insert the version, move `current`, replace index rows. Returns the seq.
+fn write_resource(conn: &Connection, w: &ResourceWrite) -> Result<i64, StoreError> {
+    let deleted = i64::from(w.deleted);
+    conn.prepare_cached(
+        "INSERT INTO resources (type, id, version, last_updated, deleted, patient_key, json) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            w.resource_type,
+            w.id,
+            w.version,
+            w.last_updated,
+            deleted,
+            w.patient_key,
+            w.json
+        ])
+    })
+    .map_err(sql_err)?;
+    let seq = conn.last_insert_rowid();
+
+    let existing: Option<i64> = conn
+        .prepare_cached("SELECT rid FROM current WHERE type = ?1 AND id = ?2")
+        .and_then(|mut s| {
+            s.query_row(params![w.resource_type, w.id], |r| r.get(0))
+                .optional()
+        })
+        .map_err(sql_err)?;
+    let rid = match existing {
+        Some(rid) => {
+            conn.prepare_cached(
+                "UPDATE current SET version = ?1, seq = ?2, last_updated = ?3, deleted = ?4, \
+                 patient_key = ?5 WHERE rid = ?6",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    w.version,
+                    seq,
+                    w.last_updated,
+                    deleted,
+                    w.patient_key,
+                    rid
+                ])
+            })
+            .map_err(sql_err)?;
+            // Index rows describe the current version only.
+            for table in crate::schema::INDEX_TABLES {
+                conn.prepare_cached(&format!("DELETE FROM {table} WHERE rid = ?1"))
+                    .and_then(|mut s| s.execute([rid]))
+                    .map_err(sql_err)?;
+            }
+            rid
+        }
+        None => {
+            conn.prepare_cached(
+                "INSERT INTO current (type, id, version, seq, last_updated, deleted, patient_key) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    w.resource_type,
+                    w.id,
+                    w.version,
+                    seq,
+                    w.last_updated,
+                    deleted,
+                    w.patient_key
+                ])
+            })
+            .map_err(sql_err)?;
+            conn.last_insert_rowid()
+        }
+    };
+    if !w.deleted {
+        let row = Row {
+            rid,
+            resource_type: &w.resource_type,
+            patient_key: w.patient_key.as_deref(),
+        };
+        for entry in &w.index {
+            insert_entry(conn, &row, entry)?;
+        }
+    }
+    Ok(seq)
+}
+
+/// What every index row of one resource shares.
+struct Row<'a> {
+    rid: i64,
+    resource_type: &'a str,
+    patient_key: Option<&'a str>,
+}
+
+fn insert_entry(conn: &Connection, row: &Row<'_>, entry: &IndexEntry) -> Result<(), StoreError> {
+    if let IndexValue::Composite { parts } = &entry.value {
+        let json = serde_json::to_string(parts).map_err(|e| StoreError::Other(e.to_string()))?;
+        conn.prepare_cached(
+            "INSERT INTO idx_composite (rid, type, param, parts, patient_key) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .and_then(|mut s| s.execute(params![row.rid, row.resource_type, entry.param, json, row.patient_key]))
+        .map_err(sql_err)?;
+        let grp = conn.last_insert_rowid();
+        for (i, part) in parts.iter().enumerate() {
+            // A composite never nests another in R4; skip rather than fail.
+            if matches!(part, IndexValue::Composite { .. }) {
+                continue;
+            }
+            insert_value(conn, row, &format!("{}#{i}", entry.param), part, Some(grp))?;
+        }
+        return Ok(());
+    }
+    insert_value(conn, row, &entry.param, &entry.value, None)
+}
+
+fn insert_value(
+    conn: &Connection,
+    row: &Row<'_>,
+    param: &str,
+    value: &IndexValue,
+    grp: Option<i64>,
+) -> Result<(), StoreError> {
+    let (rid, ty, pk) = (row.rid, row.resource_type, row.patient_key);
+    let result = match value {
+        IndexValue::Token { system, code, text } => conn
+            .prepare_cached(
+                "INSERT INTO idx_token (rid, type, param, system, code, text, patient_key, grp) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )
+            .and_then(|mut s| s.execute(params![rid, ty, param, system, code, text, pk, grp])),
+        IndexValue::String { normalized, exact } => conn
+            .prepare_cached(
+                "INSERT INTO idx_string (rid, type, param, normalized, exact, patient_key, grp) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .and_then(|mut s| s.execute(params![rid, ty, param, normalized, exact, pk, grp])),
+        IndexValue::Date { low, high } => conn
+            .prepare_cached(
+                "INSERT INTO idx_date (rid, type, param, low, high, patient_key, grp) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .and_then(|mut s| s.execute(params![rid, ty, param, low, high, pk, grp])),
+        IndexValue::Number { value } => conn
+            .prepare_cached(
+                "INSERT INTO idx_number (rid, type, param, value, patient_key, grp) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .and_then(|mut s| s.execute(params![rid, ty, param, value, pk, grp])),
+        IndexValue::Quantity {
+            value,
+            system,
+            code,
+            unit,
+        } => conn
+            .prepare_cached(
+                "INSERT INTO idx_quantity (rid, type, param, value, system, code, unit, patient_key, grp) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )
+            .and_then(|mut s| s.execute(params![rid, ty, param, value, system, code, unit, pk, grp])),
+        IndexValue::Reference {
+            target_type,
+            target_id,
+            url,
+        } => conn
+            .prepare_cached(
+                "INSERT INTO idx_reference (rid, type, param, target_type, target_id, url, patient_key, grp) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )
+            .and_then(|mut s| s.execute(params![rid, ty, param, target_type, target_id, url, pk, grp])),
+        IndexValue::Uri { uri } => conn
+            .prepare_cached(
+                "INSERT INTO idx_uri (rid, type, param, uri, patient_key, grp) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .and_then(|mut s| s.execute(params![rid, ty, param, uri, pk, grp])),
+        IndexValue::Composite { .. } => return Ok(()),
+    };
+    result.map(|_| ()).map_err(sql_err)
+}
+
+/// Chain and insert audit records after the head, advancing it.
+fn append(conn: &Connection, records: &[AuditRecord], head: &mut Head) -> Result<(), StoreError> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let mut stmt = conn
+        .prepare_cached("INSERT INTO audit_ledger (seq, record, hash) VALUES (?1, ?2, ?3)")
+        .map_err(sql_err)?;
+    for record in records {
+        // Canonicalise once: the stored bytes are exactly the hashed bytes.
+        let bytes = canonical_bytes(record);
+        let hash = chain_hash_bytes(&head.hash, &bytes);
+        let seq = head.seq + 1;
+        stmt.execute(params![seq, bytes, &hash[..]])
+            .map_err(sql_err)?;
+        *head = Head { seq, hash };
+    }
+    Ok(())
+}
