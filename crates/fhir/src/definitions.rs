@@ -554,7 +554,8 @@ impl ValueSet {
 pub struct Definitions {
     types: Vec<TypeDef>,
     by_name: HashMap<Box<str>, u32>,
-    resource_types: Vec<&'static str>,
+    /// Indices into `types` of the concrete resource types, sorted by name.
+    resource_types: Vec<u32>,
     valuesets: HashMap<Box<str>, ValueSet>,
     primitive_regex: HashMap<Box<str>, Regex>,
 }
@@ -627,14 +628,12 @@ impl Definitions {
             types.push(build_type(name, rt, &by_name)?);
         }
 
-        let mut resource_types: Vec<&'static str> = Vec::new();
-        for t in &types {
-            if t.kind == TypeKind::Resource && !t.is_abstract {
-                // Leaked once per process: `r4()` lives for the whole program and
-                // handing out `&'static str` keeps callers simple.
-                resource_types.push(Box::leak(t.name.clone()));
-            }
-        }
+        let resource_types: Vec<u32> = types
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.kind == TypeKind::Resource && !t.is_abstract)
+            .map(|(i, _)| i as u32)
+            .collect();
 
         let mut valuesets = HashMap::with_capacity(raw_vs.len());
         for (url, systems) in raw_vs {
@@ -676,9 +675,13 @@ impl Definitions {
             .is_some_and(|t| t.kind == TypeKind::Resource && !t.is_abstract)
     }
 
-    /// The concrete resource types, sorted (146 in R4).
-    pub fn resource_types(&self) -> &[&'static str] {
-        &self.resource_types
+    /// The concrete resource types, sorted by name (146 in R4). Borrowed from
+    /// `self`, so `&'static str` when called on [`r4()`]:
+    /// `r4().resource_types().collect::<Vec<&'static str>>()`.
+    pub fn resource_types(&self) -> impl ExactSizeIterator<Item = &str> + Clone + '_ {
+        self.resource_types
+            .iter()
+            .map(|&i| &*self.types[i as usize].name)
     }
 
     /// A type by name: resources, complex and primitive types, abstract ones included.
@@ -962,6 +965,9 @@ mod tests {
     fn embedded_tables_parse() {
         let d = r4();
         assert_eq!(d.resource_types().len(), 146);
+        let all: Vec<&'static str> = r4().resource_types().collect();
+        assert!(all.windows(2).all(|w| w[0] < w[1]));
+        assert!(all.iter().all(|t| d.is_resource_type(t)));
         assert!(d.is_resource_type("Patient"));
         assert!(!d.is_resource_type("Resource"));
         assert!(!d.is_resource_type("DomainResource"));

@@ -36,7 +36,7 @@
 //!   holds a valid NHS number in canonical form (exactly 10 digits, no spaces,
 //!   Modulus 11, not all one digit); one with system
 //!   `https://fhir.nhs.uk/Id/ods-organization-code` holds a well-formed ODS code
-//!   (see [`crate::ods`]).
+//!   (see [`crate::ods`]). These are reported as `business-rule` issues.
 //!
 //! Not checked: invariants other than ext-1 (FHIRPath constraints), profiles,
 //! extensible/preferred bindings, reference targets, XHTML content.
@@ -85,9 +85,11 @@ pub enum IssueCode {
     Structure,
     /// A required element (min ≥ 1) is missing, or too few repeats.
     Required,
-    /// A primitive value has the wrong format or range, or a UK identifier is
-    /// malformed.
+    /// A primitive value has the wrong format or range.
     Value,
+    /// A carelayer business rule fails: an NHS number or ODS code identifier
+    /// is malformed (HTTP 422 rather than 400).
+    BusinessRule,
     /// An invariant (ext-1) is violated.
     Invariant,
     /// Not a resource carelayer understands (e.g. unknown `resourceType`).
@@ -105,6 +107,7 @@ impl IssueCode {
             IssueCode::Structure => "structure",
             IssueCode::Required => "required",
             IssueCode::Value => "value",
+            IssueCode::BusinessRule => "business-rule",
             IssueCode::Invariant => "invariant",
             IssueCode::Invalid => "invalid",
             IssueCode::CodeInvalid => "code-invalid",
@@ -849,7 +852,7 @@ impl<'d> Validator<'d> {
             if let Err(e) = NhsNumber::parse_canonical(value) {
                 self.issue_at(
                     "value",
-                    IssueCode::Value,
+                    IssueCode::BusinessRule,
                     format!(
                         "'{}' is not a valid NHS number: {e} (stored NHS numbers are exactly 10 digits, no spaces)",
                         truncate_for_message(value)
@@ -861,7 +864,7 @@ impl<'d> Validator<'d> {
         {
             self.issue_at(
                 "value",
-                IssueCode::Value,
+                IssueCode::BusinessRule,
                 format!(
                     "'{}' is not a well-formed ODS organisation code: {e}",
                     truncate_for_message(value)
@@ -1350,7 +1353,7 @@ mod tests {
             let found = validate_resource(&pat(NHS_NUMBER_SYSTEM, bad));
             assert_eq!(found.len(), 1, "{bad}: {found:#?}");
             assert_eq!(found[0].location, "Patient.identifier[0].value");
-            assert_eq!(found[0].code, IssueCode::Value);
+            assert_eq!(found[0].code, IssueCode::BusinessRule);
             assert!(
                 found[0].message.contains("NHS number"),
                 "{}",
@@ -1366,7 +1369,10 @@ mod tests {
         for bad in ["a81001", "R8", "A81 001", "ABCDEFGHIJK"] {
             assert_eq!(
                 issues(org(bad)),
-                vec![("Organization.identifier[0].value".to_owned(), "value")],
+                vec![(
+                    "Organization.identifier[0].value".to_owned(),
+                    "business-rule"
+                )],
                 "{bad}"
             );
         }
@@ -1378,14 +1384,17 @@ mod tests {
             issues(nested),
             vec![(
                 "Observation.contained[0].identifier[0].value".to_owned(),
-                "value"
+                "business-rule"
             )]
         );
         let by_ident = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
             "subject": {"identifier": {"system": NHS_NUMBER_SYSTEM, "value": "1234567890"}}});
         assert_eq!(
             issues(by_ident),
-            vec![("Observation.subject.identifier.value".to_owned(), "value")]
+            vec![(
+                "Observation.subject.identifier.value".to_owned(),
+                "business-rule"
+            )]
         );
     }
 

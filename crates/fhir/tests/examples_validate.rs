@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use carelayer_fhir::validate::validate_resource;
@@ -86,7 +87,14 @@ const KNOWN_INVALID: &[(&str, &str)] = &[
     ),
 ];
 
+/// The unpacked package, located (or fetched) once per test binary so that
+/// tests running in parallel do not race to download it.
 fn package_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(locate_or_fetch_package).clone()
+}
+
+fn locate_or_fetch_package() -> PathBuf {
     if let Ok(dir) = std::env::var("CARELAYER_FHIR_PACKAGE") {
         let dir = PathBuf::from(dir);
         assert!(
