@@ -453,7 +453,7 @@ impl<'d> Validator<'d> {
             );
             return;
         }
-        self.array_cardinality(elem, items.len(), map, name);
+        self.array_cardinality(elem, items.len());
         let mut companion: Option<Option<&Value>> = None;
         for (i, item) in items.iter().enumerate() {
             let mark = self.loc.len();
@@ -481,13 +481,7 @@ impl<'d> Validator<'d> {
 
     /// Min/max of a repeating element, counted over the values and their `_x`
     /// companions; reported once, from the values when both are present.
-    fn array_cardinality(
-        &mut self,
-        elem: &ElementDef,
-        len: usize,
-        map: &Map<String, Value>,
-        name: &str,
-    ) {
+    fn array_cardinality(&mut self, elem: &ElementDef, len: usize) {
         if !elem.max().allows(len) {
             self.issue(
                 IssueCode::Structure,
@@ -499,7 +493,6 @@ impl<'d> Validator<'d> {
             );
         }
         if (len as u64) < u64::from(elem.min()) {
-            let _ = (map, name);
             self.issue(
                 IssueCode::Required,
                 format!(
@@ -615,7 +608,7 @@ impl<'d> Validator<'d> {
                     v.len()
                 ),
             ),
-            None => self.array_cardinality(elem, items.len(), map, name),
+            None => self.array_cardinality(elem, items.len()),
             _ => {}
         }
         for (i, item) in items.iter().enumerate() {
