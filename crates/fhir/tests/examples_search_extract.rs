@@ -107,7 +107,11 @@ fn package_dir() -> PathBuf {
     // Losing the race to another fetcher is fine: its copy is complete.
     let _ = std::fs::rename(work.join("package"), &dir);
     let _ = std::fs::remove_dir_all(&work);
-    assert!(dir.join("package.json").is_file(), "no package at {}", dir.display());
+    assert!(
+        dir.join("package.json").is_file(),
+        "no package at {}",
+        dir.display()
+    );
     dir
 }
 
@@ -203,7 +207,12 @@ fn every_official_expression_parses() {
             if let Err(err) = fhirpath::parse(&c.expression) {
                 failures.push(format!("{} component {}: {err}", d.url, c.expression));
             }
-            assert!(c.kind.is_some(), "{}: unknown component {}", d.url, c.definition);
+            assert!(
+                c.kind.is_some(),
+                "{}: unknown component {}",
+                d.url,
+                c.definition
+            );
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
@@ -251,7 +260,11 @@ fn extraction_runs_over_every_example() {
             let def = r
                 .param(&rt, &e.param)
                 .unwrap_or_else(|| panic!("{name}: row for unknown parameter {}", e.param));
-            assert!(def.is_supported(), "{name}: row for unsupported {}", e.param);
+            assert!(
+                def.is_supported(),
+                "{name}: row for unsupported {}",
+                e.param
+            );
             let kind = match &e.value {
                 IndexValue::Token { system, code, text } => {
                     assert!(
@@ -325,10 +338,18 @@ fn extraction_runs_over_every_example() {
     );
     if let Ok(path) = std::env::var("CARELAYER_DUMP_UNPOPULATED") {
         let mut lines = String::new();
-        for rt in resources.iter().map(|(_, r)| r["resourceType"].as_str().unwrap()).collect::<BTreeSet<_>>() {
+        for rt in resources
+            .iter()
+            .map(|(_, r)| r["resourceType"].as_str().unwrap())
+            .collect::<BTreeSet<_>>()
+        {
             for p in r.params_for(rt).filter(|p| p.is_supported()) {
                 if !populated.contains(&(rt.to_string(), p.code.clone())) {
-                    lines.push_str(&format!("{rt}\t{}\t{}\n", p.code, p.expression.as_deref().unwrap_or("")));
+                    lines.push_str(&format!(
+                        "{rt}\t{}\t{}\n",
+                        p.code,
+                        p.expression.as_deref().unwrap_or("")
+                    ));
                 }
             }
         }
@@ -431,7 +452,10 @@ fn observation_example() {
         }]
     );
     let (lo, hi) = date_range("2016-03-28").unwrap();
-    assert_eq!(values(&e, "date"), vec![IndexValue::Date { low: lo, high: hi }]);
+    assert_eq!(
+        values(&e, "date"),
+        vec![IndexValue::Date { low: lo, high: hi }]
+    );
     assert_eq!(tokens(&e, "status"), vec![token(None, "final")]);
     assert_eq!(
         tokens(&e, "category"),

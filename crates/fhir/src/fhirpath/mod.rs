@@ -32,8 +32,8 @@ use serde_json::Value;
 pub use ast::{BinOp, Expr, Func, Literal, TypeOp, TypeSpec};
 pub use eval::Item;
 pub(crate) use eval::guess_complex;
-pub(crate) use model::{is_choice_suffix, is_quantity_kind};
 pub use model::{RESOURCE_TYPES, is_fhir_id, is_resource_type, split_reference};
+pub(crate) use model::{is_choice_suffix, is_quantity_kind};
 
 /// Why an expression could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -137,8 +137,16 @@ mod tests {
             ("Patient.name.given", &p, &["\"Peter\"", "\"James\""]),
             ("Patient.name[1].family", &p, &["\"Windsor\""]),
             ("Patient.name.first().given.last()", &p, &["\"James\""]),
-            ("Patient.name.where(use='maiden').family", &p, &["\"Windsor\""]),
-            ("Patient.name.where(use!='maiden').family", &p, &["\"Chalmers\""]),
+            (
+                "Patient.name.where(use='maiden').family",
+                &p,
+                &["\"Windsor\""],
+            ),
+            (
+                "Patient.name.where(use!='maiden').family",
+                &p,
+                &["\"Chalmers\""],
+            ),
             (
                 "Patient.telecom.where(system='email').value",
                 &p,
@@ -159,22 +167,66 @@ mod tests {
             ("Patient.multipleBirth.exists() and true", &p, &["false"]),
             ("Patient.photo.exists() or Patient.active", &p, &["true"]),
             ("Patient.gender = 'male'", &p, &[]),
-            ("Patient.name.family | Patient.name.family", &p, &["\"Chalmers\"", "\"Windsor\""]),
-            ("Patient.generalPractitioner.resolve() is Practitioner", &p, &["true"]),
-            ("Patient.generalPractitioner.where(resolve() is Patient)", &p, &[]),
-            ("Patient.generalPractitioner.resolve()", &p, &["->Practitioner"]),
-            ("Patient.managingOrganization.resolve().name", &p, &["\"Contained\""]),
-            ("Patient.extension('http://x/ext').value", &p, &["\"hello\""]),
-            ("Patient.extension('http://x/ext').value.ofType(string)", &p, &["\"hello\""]),
-            ("Patient.extension('http://x/other').value.as(CodeableConcept).text", &p, &["\"t\""]),
+            (
+                "Patient.name.family | Patient.name.family",
+                &p,
+                &["\"Chalmers\"", "\"Windsor\""],
+            ),
+            (
+                "Patient.generalPractitioner.resolve() is Practitioner",
+                &p,
+                &["true"],
+            ),
+            (
+                "Patient.generalPractitioner.where(resolve() is Patient)",
+                &p,
+                &[],
+            ),
+            (
+                "Patient.generalPractitioner.resolve()",
+                &p,
+                &["->Practitioner"],
+            ),
+            (
+                "Patient.managingOrganization.resolve().name",
+                &p,
+                &["\"Contained\""],
+            ),
+            (
+                "Patient.extension('http://x/ext').value",
+                &p,
+                &["\"hello\""],
+            ),
+            (
+                "Patient.extension('http://x/ext').value.ofType(string)",
+                &p,
+                &["\"hello\""],
+            ),
+            (
+                "Patient.extension('http://x/other').value.as(CodeableConcept).text",
+                &p,
+                &["\"t\""],
+            ),
             ("Patient.hasExtension('http://x/ext')", &p, &["true"]),
             ("Patient.hasExtension('http://x/none')", &p, &["false"]),
-            ("Patient.where(hasExtension('http://x/ext')).id", &p, &["\"p1\""]),
+            (
+                "Patient.where(hasExtension('http://x/ext')).id",
+                &p,
+                &["\"p1\""],
+            ),
             ("Patient.id.hasValue()", &p, &["true"]),
             ("Patient.name.hasValue()", &p, &["false"]),
             ("%resource.id", &p, &["\"p1\""]),
-            ("Patient.name.select(family)", &p, &["\"Chalmers\"", "\"Windsor\""]),
-            ("Patient.name.given.where($this = 'James')", &p, &["\"James\""]),
+            (
+                "Patient.name.select(family)",
+                &p,
+                &["\"Chalmers\"", "\"Windsor\""],
+            ),
+            (
+                "Patient.name.given.where($this = 'James')",
+                &p,
+                &["\"James\""],
+            ),
             ("iif(Patient.active, 'y', 'n')", &p, &["'y'"]),
             ("Patient.id.startsWith('p')", &p, &["true"]),
             ("1 + 2 * 3", &p, &["7"]),
@@ -187,16 +239,32 @@ mod tests {
             ("Observation.value.ofType(Quantity).unit", &o, &["\"lbs\""]),
             ("(Observation.value as string)", &o, &[]),
             ("Observation.value is Quantity", &o, &["true"]),
-            ("(Observation.component.value as Quantity).value", &o, &["1"]),
+            (
+                "(Observation.component.value as Quantity).value",
+                &o,
+                &["1"],
+            ),
             ("Observation.component.value.as(String)", &o, &["\"x\""]),
-            ("Observation.component.where(code.text = 'b').value", &o, &["\"x\""]),
-            ("Observation.subject.where(resolve() is Patient).reference", &o, &["\"Patient/p1\""]),
+            (
+                "Observation.component.where(code.text = 'b').value",
+                &o,
+                &["\"x\""],
+            ),
+            (
+                "Observation.subject.where(resolve() is Patient).reference",
+                &o,
+                &["\"Patient/p1\""],
+            ),
             (
                 "Observation.code.coding.code | Patient.id",
                 &o,
                 &["\"29463-7\""],
             ),
-            ("Observation.code.coding[0].system = 'http://loinc.org'", &o, &["true"]),
+            (
+                "Observation.code.coding[0].system = 'http://loinc.org'",
+                &o,
+                &["true"],
+            ),
             ("Observation.component.skip(1).code.text", &o, &["\"b\""]),
             ("Observation.component.take(1).code.text", &o, &["\"a\""]),
             ("Observation.component.code.text ~ 'A'", &o, &["false"]),
@@ -231,16 +299,31 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad} should not parse");
         }
+        let deep = format!("{}1{}", "(".repeat(10_000), ")".repeat(10_000));
+        assert!(parse(&deep).is_err());
+        let long_chain = format!("a{}", ".where(b".repeat(5_000));
+        for bad in [long_chain.as_str(), "-".repeat(10_000).as_str()] {
+            assert!(parse(bad).is_err(), "{bad} should not parse");
+        }
     }
 
     #[test]
     fn root_types_and_branches() {
-        let e = parse("AllergyIntolerance.code | (Condition.code as CodeableConcept) | name").unwrap();
+        let e =
+            parse("AllergyIntolerance.code | (Condition.code as CodeableConcept) | name").unwrap();
         let roots: Vec<_> = e.union_branches().iter().map(|b| b.root_type()).collect();
-        assert_eq!(roots, vec![Some("AllergyIntolerance"), Some("Condition"), None]);
+        assert_eq!(
+            roots,
+            vec![Some("AllergyIntolerance"), Some("Condition"), None]
+        );
         let c = e.for_resource_type("Condition").unwrap();
         assert_eq!(c.union_branches().len(), 2);
-        assert!(parse("Patient.x").unwrap().for_resource_type("Observation").is_none());
+        assert!(
+            parse("Patient.x")
+                .unwrap()
+                .for_resource_type("Observation")
+                .is_none()
+        );
     }
 
     #[test]
@@ -261,6 +344,9 @@ mod tests {
         );
         assert_eq!(split_reference("Patient"), None);
         assert_eq!(split_reference("Unknown/1"), None);
-        assert_eq!(split_reference("http://hl7.org/fhir/ValueSet/x|4.0.1"), None);
+        assert_eq!(
+            split_reference("http://hl7.org/fhir/ValueSet/x|4.0.1"),
+            None
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! Tokenizer and Pratt parser for the FHIRPath subset.
 
-use super::ast::{BinOp, Expr, Func, Literal, TypeOp, TypeSpec};
 use super::ParseError;
+use super::ast::{BinOp, Expr, Func, Literal, TypeOp, TypeSpec};
 
 #[derive(Debug, Clone, PartialEq)]
 enum Tok {
@@ -192,7 +192,8 @@ fn lex(src: &str) -> Result<Vec<Token>, ParseError> {
                     Tok::Ext(s)
                 } else {
                     let s = i;
-                    while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
+                    while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_')
+                    {
                         i += 1;
                     }
                     if s == i {
@@ -231,7 +232,10 @@ fn lex(src: &str) -> Result<Vec<Token>, ParseError> {
             _ => {
                 return Err(err(
                     i,
-                    format!("unexpected character {:?}", src[i..].chars().next().unwrap_or('?')),
+                    format!(
+                        "unexpected character {:?}",
+                        src[i..].chars().next().unwrap_or('?')
+                    ),
                 ));
             }
         };
@@ -291,7 +295,11 @@ fn lex_quoted(src: &str, start: usize, quote: u8) -> Result<(String, usize), Par
 
 pub(super) fn parse(src: &str) -> Result<Expr, ParseError> {
     let toks = lex(src)?;
-    let mut p = Parser { toks, i: 0 };
+    let mut p = Parser {
+        toks,
+        i: 0,
+        depth: 0,
+    };
     let e = p.expr(0)?;
     if p.peek() != &Tok::Eof {
         return Err(err(p.pos(), "unexpected trailing input"));
@@ -302,7 +310,11 @@ pub(super) fn parse(src: &str) -> Result<Expr, ParseError> {
 struct Parser {
     toks: Vec<Token>,
     i: usize,
+    depth: usize,
 }
+
+/// Nesting limit, so hostile input cannot exhaust the stack.
+const MAX_DEPTH: usize = 128;
 
 /// Binding powers (higher binds tighter), FHIRPath §6 precedence.
 fn infix_bp(t: &Token) -> Option<(u8, Infix)> {
@@ -363,11 +375,24 @@ impl Parser {
             self.next();
             Ok(())
         } else {
-            Err(err(self.pos(), format!("expected {t:?}, found {:?}", self.peek())))
+            Err(err(
+                self.pos(),
+                format!("expected {t:?}, found {:?}", self.peek()),
+            ))
         }
     }
 
     fn expr(&mut self, min_bp: u8) -> Result<Expr, ParseError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(err(self.pos(), "expression nested too deeply"));
+        }
+        let r = self.expr_inner(min_bp);
+        self.depth -= 1;
+        r
+    }
+
+    fn expr_inner(&mut self, min_bp: u8) -> Result<Expr, ParseError> {
         let mut lhs = self.prefix()?;
         loop {
             // postfix: invocation and indexer bind tightest
@@ -412,7 +437,10 @@ impl Parser {
             return Err(err(pos, "expected a type name"));
         };
         if self.peek() == &Tok::Dot
-            && matches!(self.toks.get(self.i + 1).map(|t| &t.tok), Some(Tok::Ident(_)))
+            && matches!(
+                self.toks.get(self.i + 1).map(|t| &t.tok),
+                Some(Tok::Ident(_))
+            )
         {
             self.next();
             let Tok::Ident(name) = self.next().tok else {

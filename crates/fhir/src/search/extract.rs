@@ -110,7 +110,12 @@ fn token(item: Item<'_>, out: &mut Vec<IndexValue>) {
             Value::Number(n) => push_token(out, None, Some(&number_text(n)), None),
             Value::Object(m) => match kind(type_hint, m) {
                 Some("CodeableConcept") => {
-                    for c in m.get("coding").and_then(Value::as_array).into_iter().flatten() {
+                    for c in m
+                        .get("coding")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                    {
                         if let Value::Object(c) = c {
                             coding_token(out, c);
                         }
@@ -234,7 +239,12 @@ fn date(item: Item<'_>, out: &mut Vec<IndexValue>) {
             Value::Object(m) => match kind(type_hint, m) {
                 Some("Period") => push(period(m)),
                 Some("Timing") => {
-                    for e in m.get("event").and_then(Value::as_array).into_iter().flatten() {
+                    for e in m
+                        .get("event")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                    {
                         push(e.as_str().and_then(date_range));
                     }
                     if let Some(b) = m

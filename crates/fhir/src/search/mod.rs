@@ -43,8 +43,8 @@ pub use date::date_range;
 pub use extract::ISO_4217;
 pub use index::{IndexEntry, IndexValue};
 pub use registry::{
-    ComponentDef, SearchParamDef, SearchParamType, SearchParams, compartment_params,
-    extract_index, item_values, patient_compartment_owner, registry, unsupported_params,
+    ComponentDef, SearchParamDef, SearchParamType, SearchParams, compartment_params, extract_index,
+    item_values, patient_compartment_owner, registry, unsupported_params,
 };
 pub use text::normalize;
 /// Alias of [`normalize`].

@@ -125,6 +125,10 @@ impl SearchParamDef {
     }
 }
 
+/// A parameter's parsed expression and, for composites, its components' types
+/// and parsed expressions.
+type Parsed = (Expr, Vec<(SearchParamType, Expr)>);
+
 /// A parameter compiled for one resource type.
 #[derive(Debug)]
 struct Compiled {
@@ -184,8 +188,7 @@ impl SearchParams {
         let kinds: Vec<SearchParamType> = defs.iter().map(|d| d.kind).collect();
 
         // Parse every expression once; record why a parameter cannot be indexed.
-        let mut parsed: Vec<Option<(Expr, Vec<(SearchParamType, Expr)>)>> =
-            Vec::with_capacity(defs.len());
+        let mut parsed: Vec<Option<Parsed>> = Vec::with_capacity(defs.len());
         let exprs: Vec<Option<String>> = defs.iter().map(|d| d.expression.clone()).collect();
         for d in &mut defs {
             let comp_defs: Vec<Option<usize>> = d
@@ -205,9 +208,11 @@ impl SearchParams {
                 let better = if own_matches {
                     None
                 } else {
-                    comp_defs.iter().flatten().copied().find(|&i| {
-                        exprs[i].as_deref().is_some_and(|e| e.ends_with(&suffix))
-                    })
+                    comp_defs
+                        .iter()
+                        .flatten()
+                        .copied()
+                        .find(|&i| exprs[i].as_deref().is_some_and(|e| e.ends_with(&suffix)))
                 };
                 c.kind = better.or(comp_defs[n]).map(|i| kinds[i]);
             }
@@ -215,8 +220,7 @@ impl SearchParams {
                 if d.kind == SearchParamType::Special {
                     return Err(match d.code.as_str() {
                         "_filter" => {
-                            "special: _filter is a query language, not an indexed value"
-                                .to_string()
+                            "special: _filter is a query language, not an indexed value".to_string()
                         }
                         "near" => "special: geographic proximity over Location.position \
                                    is answered by the search engine, not indexed"
@@ -246,7 +250,10 @@ impl SearchParams {
                     }
                     for c in &d.components {
                         let kind = c.kind.ok_or_else(|| {
-                            format!("component definition {} is not a known parameter", c.definition)
+                            format!(
+                                "component definition {} is not a known parameter",
+                                c.definition
+                            )
                         })?;
                         if matches!(kind, SearchParamType::Composite | SearchParamType::Special) {
                             return Err(format!("component {} is {}", c.definition, kind.as_str()));
@@ -285,7 +292,10 @@ impl SearchParams {
             }
             ix
         };
-        let types = RESOURCE_TYPES.iter().map(|&rt| (rt, build_index(rt))).collect();
+        let types = RESOURCE_TYPES
+            .iter()
+            .map(|&rt| (rt, build_index(rt)))
+            .collect();
         // "Resource" is not a concrete type: only base-`Resource` params apply.
         let generic = build_index("Resource");
 
@@ -356,11 +366,25 @@ impl SearchParams {
         let items = fhirpath::evaluate(&c.expr, resource);
         if kind == SearchParamType::Composite {
             let mut parts: Vec<Vec<IndexValue>> = Vec::with_capacity(c.components.len());
+            let mut found = Vec::with_capacity(c.components.len());
             for base in items {
+                // Evaluate every component first: converting values (string
+                // normalisation) is wasted when another component is empty.
+                found.clear();
+                for (_, cexpr) in &c.components {
+                    let items = fhirpath::evaluate_on(cexpr, &[base], resource);
+                    if items.is_empty() {
+                        break;
+                    }
+                    found.push(items);
+                }
+                if found.len() < c.components.len() {
+                    continue;
+                }
                 parts.clear();
-                for (ckind, cexpr) in &c.components {
+                for ((ckind, _), items) in c.components.iter().zip(found.drain(..)) {
                     let mut vals = Vec::new();
-                    for it in fhirpath::evaluate_on(cexpr, &[base], resource) {
+                    for it in items {
                         values(*ckind, it, &mut vals);
                     }
                     dedup(&mut vals);

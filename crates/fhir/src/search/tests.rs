@@ -74,9 +74,15 @@ fn registry_loads_all_definitions() {
     // base-Resource params apply to unknown types and to "Resource" itself
     assert!(r.param("Resource", "_lastUpdated").is_some());
     assert!(r.param("NotAType", "_id").is_some());
-    assert!(r.param("Bundle", "_text").is_none(), "_text is DomainResource only");
+    assert!(
+        r.param("Bundle", "_text").is_none(),
+        "_text is DomainResource only"
+    );
     assert!(r.params_for("Observation").len() > 30);
-    assert!(r.by_url("http://hl7.org/fhir/SearchParameter/individual-birthdate").is_some());
+    assert!(
+        r.by_url("http://hl7.org/fhir/SearchParameter/individual-birthdate")
+            .is_some()
+    );
     let combo = r.param("Observation", "combo-code-value-quantity").unwrap();
     assert_eq!(combo.components[1].kind, Some(SearchParamType::Quantity));
     // R4 errata: the definitions of this composite's components are swapped.
@@ -84,7 +90,10 @@ fn registry_loads_all_definitions() {
     let kinds: Vec<_> = rel.components.iter().map(|c| c.kind).collect();
     assert_eq!(
         kinds,
-        vec![Some(SearchParamType::Token), Some(SearchParamType::Reference)]
+        vec![
+            Some(SearchParamType::Token),
+            Some(SearchParamType::Reference)
+        ]
     );
 }
 
@@ -183,7 +192,11 @@ fn patient_values() {
     assert_eq!(values_of(&e, "telecom").len(), 2);
     assert_eq!(
         values_of(&e, "general-practitioner"),
-        vec![reference(Some("Organization"), Some("Y12345"), "Organization/Y12345")]
+        vec![reference(
+            Some("Organization"),
+            Some("Y12345"),
+            "Organization/Y12345"
+        )]
     );
     // logical reference (identifier only): not indexed
     assert!(values_of(&e, "organization").is_empty());
@@ -290,17 +303,26 @@ fn observation_values() {
         values_of(&e, "component-code-value-quantity"),
         vec![
             IndexValue::Composite {
-                parts: vec![tok(Some("http://loinc.org"), Some("8480-6"), None), qty(107.0)]
+                parts: vec![
+                    tok(Some("http://loinc.org"), Some("8480-6"), None),
+                    qty(107.0)
+                ]
             },
             IndexValue::Composite {
-                parts: vec![tok(Some("http://loinc.org"), Some("8462-4"), None), qty(60.0)]
+                parts: vec![
+                    tok(Some("http://loinc.org"), Some("8462-4"), None),
+                    qty(60.0)
+                ]
             },
         ]
     );
     // combo: the observation itself (code × value) and each component
     assert_eq!(values_of(&e, "combo-code-value-quantity").len(), 4);
     assert!(values_of(&e, "value-concept").is_empty());
-    assert_eq!(values_of(&e, "status"), vec![tok(None, Some("final"), None)]);
+    assert_eq!(
+        values_of(&e, "status"),
+        vec![tok(None, Some("final"), None)]
+    );
 }
 
 #[test]
@@ -334,7 +356,10 @@ fn multi_base_expressions_only_use_their_branch() {
 
 #[test]
 fn compartment_owner() {
-    assert_eq!(patient_compartment_owner(&patient()).as_deref(), Some("pat1"));
+    assert_eq!(
+        patient_compartment_owner(&patient()).as_deref(),
+        Some("pat1")
+    );
     // subject is an absolute URL (not local): falls through to performer Patient/p1
     assert_eq!(
         patient_compartment_owner(&observation()).as_deref(),
@@ -369,7 +394,11 @@ fn references_and_canonicals() {
     let e = extract_index(&q);
     assert_eq!(
         values_of(&e, "questionnaire"),
-        vec![reference(None, None, "http://example.org/Questionnaire/q1|2.0")]
+        vec![reference(
+            None,
+            None,
+            "http://example.org/Questionnaire/q1|2.0"
+        )]
     );
     assert_eq!(
         values_of(&e, "subject"),

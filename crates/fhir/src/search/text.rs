@@ -9,6 +9,16 @@ use unicode_normalization::char::is_combining_mark;
 /// (starts-with) and `:contains` matches.
 pub fn normalize(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
+    if s.is_ascii() {
+        // Fast path: nothing to decompose.
+        for w in s.split_ascii_whitespace() {
+            if !out.is_empty() {
+                out.push(' ');
+            }
+            out.extend(w.bytes().map(|b| char::from(b.to_ascii_lowercase())));
+        }
+        return out;
+    }
     let mut pending_space = false;
     for c in s.nfd() {
         if is_combining_mark(c) {
