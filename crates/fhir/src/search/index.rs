@@ -26,11 +26,19 @@ pub enum IndexValue {
     },
     /// `normalized` is lower-cased with accents removed (prefix and `:contains`
     /// matches); `exact` is the value as written (`:exact`).
-    String { normalized: String, exact: String },
+    String {
+        normalized: String,
+        exact: String,
+    },
     /// An instant range, microseconds since the Unix epoch, both ends inclusive:
     /// a date `1980` indexes as `[1980-01-01T00:00:00, 1980-12-31T23:59:59.999999]`.
-    Date { low: i64, high: i64 },
-    Number { value: f64 },
+    Date {
+        low: i64,
+        high: i64,
+    },
+    Number {
+        value: f64,
+    },
     Quantity {
         value: f64,
         system: Option<String>,
@@ -44,7 +52,11 @@ pub enum IndexValue {
         target_id: Option<String>,
         url: String,
     },
-    Uri { uri: String },
+    Uri {
+        uri: String,
+    },
     /// One combination of component values, in the order of the definition's components.
-    Composite { parts: Vec<IndexValue> },
+    Composite {
+        parts: Vec<IndexValue>,
+    },
 }
