@@ -22,11 +22,18 @@ fn patient(id: &str) -> ResourceWrite {
     );
     let tok = |param: &str, system: Option<&str>, code: &str| IndexEntry {
         param: param.into(),
-        value: IndexValue::Token { system: system.map(Into::into), code: Some(code.into()), text: None },
+        value: IndexValue::Token {
+            system: system.map(Into::into),
+            code: Some(code.into()),
+            text: None,
+        },
     };
     let string = |param: &str, v: &str| IndexEntry {
         param: param.into(),
-        value: IndexValue::String { normalized: v.to_lowercase(), exact: v.into() },
+        value: IndexValue::String {
+            normalized: v.to_lowercase(),
+            exact: v.into(),
+        },
     };
     ResourceWrite {
         resource_type: "Patient".into(),
@@ -37,8 +44,16 @@ fn patient(id: &str) -> ResourceWrite {
         json: json.into_bytes(),
         patient_key: Some(id.into()),
         index: vec![
-            tok("identifier", Some("https://fhir.nhs.uk/Id/nhs-number"), "9000000009"),
-            tok("gender", Some("http://hl7.org/fhir/administrative-gender"), "female"),
+            tok(
+                "identifier",
+                Some("https://fhir.nhs.uk/Id/nhs-number"),
+                "9000000009",
+            ),
+            tok(
+                "gender",
+                Some("http://hl7.org/fhir/administrative-gender"),
+                "female",
+            ),
             tok("_id", None, id),
             string("name", "Smith"),
             string("name", "Jane"),
@@ -49,10 +64,20 @@ fn patient(id: &str) -> ResourceWrite {
             string("address", "Leeds"),
             string("address-city", "Leeds"),
             string("address-postalcode", "LS1 1AA"),
-            IndexEntry { param: "birthdate".into(), value: IndexValue::Date { low: 327_369_600_000_000, high: 327_455_999_999_999 } },
+            IndexEntry {
+                param: "birthdate".into(),
+                value: IndexValue::Date {
+                    low: 327_369_600_000_000,
+                    high: 327_455_999_999_999,
+                },
+            },
             IndexEntry {
                 param: "general-practitioner".into(),
-                value: IndexValue::Reference { target_type: Some("Organization".into()), target_id: Some("B82005".into()), url: "Organization/B82005".into() },
+                value: IndexValue::Reference {
+                    target_type: Some("Organization".into()),
+                    target_id: Some("B82005".into()),
+                    url: "Organization/B82005".into(),
+                },
             },
         ],
     }
@@ -63,7 +88,13 @@ fn audit(action: AuditAction, id: &str) -> AuditRecord {
         recorded_at: 1_767_225_600_000_000,
         action,
         outcome: AuditOutcome::Success,
-        agent: Agent { user: Some("u1".into()), role: Some("R8000".into()), org: Some("B82005".into()), client: None, display: "Dr Test".into() },
+        agent: Agent {
+            user: Some("u1".into()),
+            role: Some("R8000".into()),
+            org: Some("B82005".into()),
+            client: None,
+            display: "Dr Test".into(),
+        },
         patient: Some(id.into()),
         resources: vec![format!("Patient/{id}")],
         purpose: "direct-care".into(),
@@ -78,7 +109,25 @@ async fn main() {
     let clients: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(32);
     let secs: u64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(5);
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SqliteStore::open(&dir.path().join("bench.db"), SqliteOptions::default()).unwrap());
+    // SYNC=normal measures what fsync costs (never the server default).
+    let mut options = SqliteOptions::default();
+    if std::env::var("SYNC").as_deref() == Ok("normal") {
+        options.synchronous = carelayer_store_sqlite::Synchronous::Normal;
+    }
+    let store = Arc::new(SqliteStore::open(&dir.path().join("bench.db"), options).unwrap());
+    let cpu = || {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        let f: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        // utime + stime in clock ticks (fields 14 and 15; after the comm field: 12 and 13).
+        f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+            + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+    };
+    let cpu0 = cpu();
 
     let done = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
@@ -93,7 +142,11 @@ async fn main() {
                 i += 1;
                 store
                     .commit(WriteSet {
-                        preconditions: vec![Precondition::CurrentVersion { resource_type: "Patient".into(), id: id.clone(), expected: None }],
+                        preconditions: vec![Precondition::CurrentVersion {
+                            resource_type: "Patient".into(),
+                            id: id.clone(),
+                            expected: None,
+                        }],
                         resources: vec![patient(&id)],
                         audit: vec![audit(AuditAction::Create, &id)],
                     })
@@ -110,15 +163,23 @@ async fn main() {
     }
     let n = done.load(Ordering::Relaxed);
     let el = start.elapsed().as_secs_f64();
-    println!("creates: {n} in {el:.2}s = {:.0}/s ({clients} clients, with index rows + 1 audit entry each)", n as f64 / el);
+    println!(
+        "creates: {n} in {el:.2}s = {:.0}/s ({clients} clients, with index rows + 1 audit entry each)",
+        n as f64 / el
+    );
+    let cpu1 = cpu();
+    println!(
+        "  process CPU per create: {:.1} µs",
+        (cpu1 - cpu0) as f64 * 10_000.0 / n as f64
+    );
 
     let done = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let deadline = start + Duration::from_secs(secs);
     let mut tasks = Vec::new();
-    for c in 0..clients {
+    for (c, made) in per_client.iter().enumerate() {
         let (store, done) = (Arc::clone(&store), Arc::clone(&done));
-        let max = per_client[c].max(1);
+        let max = (*made).max(1);
         tasks.push(tokio::spawn(async move {
             let mut i = 0_u64;
             while Instant::now() < deadline {
@@ -126,7 +187,10 @@ async fn main() {
                 i += 7;
                 let r = store.read_current("Patient", &id).await.unwrap();
                 assert!(r.is_some());
-                store.append_audit(vec![audit(AuditAction::Read, &id)]).await.unwrap();
+                store
+                    .append_audit(vec![audit(AuditAction::Read, &id)])
+                    .await
+                    .unwrap();
                 done.fetch_add(1, Ordering::Relaxed);
             }
         }));
@@ -136,7 +200,14 @@ async fn main() {
     }
     let n = done.load(Ordering::Relaxed);
     let el = start.elapsed().as_secs_f64();
-    println!("reads+audit: {n} in {el:.2}s = {:.0}/s ({clients} clients, each read appends one audit entry)", n as f64 / el);
+    println!(
+        "reads+audit: {n} in {el:.2}s = {:.0}/s ({clients} clients, each read appends one audit entry)",
+        n as f64 / el
+    );
+    println!(
+        "  process CPU per read+audit: {:.1} µs",
+        (cpu() - cpu1) as f64 * 10_000.0 / n as f64
+    );
 
     let rows = store.audit_rows(0, usize::MAX).await.unwrap();
     println!("ledger rows: {}", rows.len());

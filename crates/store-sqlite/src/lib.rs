@@ -26,8 +26,15 @@
 //! Writes (resource write sets and audit appends) go to one writer thread over
 //! a channel and are answered through a oneshot after the batch commits.
 //! Reads run on a pool of read-only connections via `spawn_blocking`; WAL lets
-//! them proceed while the writer commits. If the writer thread dies every call
+//! them proceed while the writer commits. A third thread checkpoints the WAL
+//! so the writer never stalls on it. If the writer thread dies every call
 //! fails with `Unavailable` instead of hanging (its reply senders drop).
+//!
+//! # Planner statistics
+//! A fresh database gets seeded `sqlite_stat1` rows (see `schema`) so that
+//! searches are driven from the index tables from the first request rather
+//! than by walking every resource of a type; [`SqliteStore::explain`] shows
+//! the plans.
 
 mod error;
 mod read;
@@ -101,6 +108,8 @@ pub struct SqliteStore {
     closed: AtomicBool,
     writer: Mutex<Option<JoinHandle<()>>>,
     readers: Arc<ReaderPool>,
+    /// Dropping the sender stops the checkpoint thread.
+    checkpointer: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -134,6 +143,7 @@ impl SqliteStore {
         let readers = Arc::new(ReaderPool::new(path.to_path_buf(), options.clone()));
         // Open the readers now so a bad path fails here, not on first read.
         readers.warm()?;
+        let checkpointer = start_checkpointer(path, &options)?;
         let (tx, rx) = mpsc::channel();
         let max_batch = options.max_batch;
         let handle = std::thread::Builder::new()
@@ -145,6 +155,7 @@ impl SqliteStore {
             tx,
             closed: AtomicBool::new(false),
             writer: Mutex::new(Some(handle)),
+            checkpointer: Mutex::new(Some(checkpointer)),
             readers,
         })
     }
@@ -194,19 +205,70 @@ pub(crate) fn configure(
             Synchronous::Full => "FULL",
             Synchronous::Normal => "NORMAL",
         };
-        conn.execute_batch(&format!("PRAGMA synchronous={sync}"))
-            .map_err(sql_err)?;
+        // Checkpoints run on their own thread (see `start_checkpointer`).
+        conn.execute_batch(&format!(
+            "PRAGMA synchronous={sync}; PRAGMA journal_size_limit=67108864; \
+             PRAGMA wal_autocheckpoint=0;"
+        ))
+        .map_err(sql_err)?;
     } else {
         conn.execute_batch("PRAGMA query_only=ON")
             .map_err(sql_err)?;
     }
+    // Readers are many; each gets a quarter of the writer's cache.
+    let cache = if writer { o.cache_kib } else { o.cache_kib / 4 };
     conn.execute_batch(&format!(
         "PRAGMA temp_store=MEMORY; PRAGMA cache_size=-{}; PRAGMA foreign_keys=OFF;",
-        o.cache_kib.max(1024)
+        cache.max(1024)
     ))
     .map_err(sql_err)?;
     conn.set_prepared_statement_cache_capacity(128);
     Ok(())
+}
+
+/// How often the checkpointer copies the WAL back. Every commit's pages are
+/// in the WAL until then; 50 ms keeps it a few MB under full write load
+/// while a page rewritten by many commits in the interval is copied once.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(50);
+
+/// Checkpoint the WAL on its own thread and connection.
+///
+/// Why: with SQLite's autocheckpoint the commit that crosses the threshold
+/// also copies the WAL back into the database, on the single writer thread,
+/// stalling every queued write. Here the writer never checkpoints
+/// (`wal_autocheckpoint=0`); this thread runs PASSIVE checkpoints (which
+/// never block the writer or readers) every [`CHECKPOINT_EVERY`], on another core.
+fn start_checkpointer(
+    path: &Path,
+    options: &SqliteOptions,
+) -> Result<(mpsc::Sender<()>, JoinHandle<()>), StoreError> {
+    let conn = Connection::open_with_flags(path, reader_flags()).map_err(sql_err)?;
+    conn.busy_timeout(options.busy_timeout).map_err(sql_err)?;
+    let (stop, stopped) = mpsc::channel::<()>();
+    let handle = std::thread::Builder::new()
+        .name("carelayer-sqlite-checkpoint".into())
+        .spawn(move || {
+            loop {
+                match stopped.recv_timeout(CHECKPOINT_EVERY) {
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    // Stop asked (or the store dropped): final flush, then exit.
+                    Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        let _ = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)");
+                        return;
+                    }
+                }
+                // (busy, WAL frames, frames checkpointed)
+                let state: Result<(i64, i64, i64), _> =
+                    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    });
+                if let Err(e) = state {
+                    tracing::warn!(error = %e, "WAL checkpoint failed");
+                }
+            }
+        })
+        .map_err(|e| StoreError::Other(format!("cannot start the checkpoint thread: {e}")))?;
+    Ok((stop, handle))
 }
 
 /// Flags for reader connections: read/write open (WAL readers need the shm
@@ -285,6 +347,11 @@ impl Store for SqliteStore {
         let handle = self.writer.lock().ok().and_then(|mut h| h.take());
         if let Some(h) = handle {
             // The thread has replied and is returning; joining is immediate.
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+        let checkpointer = self.checkpointer.lock().ok().and_then(|mut c| c.take());
+        if let Some((stop, h)) = checkpointer {
+            drop(stop);
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
         self.readers.close();

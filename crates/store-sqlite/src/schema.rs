@@ -60,64 +60,64 @@ CREATE INDEX current_patient ON current(patient_key, type) WHERE patient_key IS 
 CREATE INDEX current_updated ON current(type, last_updated);
 
 CREATE TABLE idx_token (
-    rid INTEGER NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL,
-    system TEXT, code TEXT, text TEXT, patient_key TEXT, grp INTEGER
-);
+    rid INTEGER NOT NULL, ord INTEGER NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL,
+    system TEXT, code TEXT, text TEXT, patient_key TEXT, grp INTEGER,
+    PRIMARY KEY (rid, ord)
+) WITHOUT ROWID;
 CREATE INDEX idx_token_code ON idx_token(param, code, system);
 CREATE INDEX idx_token_system ON idx_token(param, system) WHERE system IS NOT NULL;
 CREATE INDEX idx_token_text ON idx_token(param, text) WHERE text IS NOT NULL;
-CREATE INDEX idx_token_rid ON idx_token(rid, param);
 CREATE INDEX idx_token_grp ON idx_token(grp) WHERE grp IS NOT NULL;
 
 CREATE TABLE idx_string (
-    rid INTEGER NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL,
-    normalized TEXT NOT NULL, exact TEXT NOT NULL, patient_key TEXT, grp INTEGER
-);
+    rid INTEGER NOT NULL, ord INTEGER NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL,
+    normalized TEXT NOT NULL, exact TEXT NOT NULL, patient_key TEXT, grp INTEGER,
+    PRIMARY KEY (rid, ord)
+) WITHOUT ROWID;
 CREATE INDEX idx_string_norm ON idx_string(param, normalized);
 CREATE INDEX idx_string_exact ON idx_string(param, exact);
-CREATE INDEX idx_string_rid ON idx_string(rid, param);
 CREATE INDEX idx_string_grp ON idx_string(grp) WHERE grp IS NOT NULL;
 
 CREATE TABLE idx_date (
-    rid INTEGER NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL,
-    low INTEGER NOT NULL, high INTEGER NOT NULL, patient_key TEXT, grp INTEGER
-);
+    rid INTEGER NOT NULL, ord INTEGER NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL,
+    low INTEGER NOT NULL, high INTEGER NOT NULL, patient_key TEXT, grp INTEGER,
+    PRIMARY KEY (rid, ord)
+) WITHOUT ROWID;
 CREATE INDEX idx_date_low ON idx_date(param, low);
 CREATE INDEX idx_date_high ON idx_date(param, high);
-CREATE INDEX idx_date_rid ON idx_date(rid, param);
 CREATE INDEX idx_date_grp ON idx_date(grp) WHERE grp IS NOT NULL;
 
 CREATE TABLE idx_number (
-    rid INTEGER NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL,
-    value REAL, patient_key TEXT, grp INTEGER
-);
+    rid INTEGER NOT NULL, ord INTEGER NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL,
+    value REAL, patient_key TEXT, grp INTEGER,
+    PRIMARY KEY (rid, ord)
+) WITHOUT ROWID;
 CREATE INDEX idx_number_value ON idx_number(param, value);
-CREATE INDEX idx_number_rid ON idx_number(rid, param);
 CREATE INDEX idx_number_grp ON idx_number(grp) WHERE grp IS NOT NULL;
 
 CREATE TABLE idx_quantity (
-    rid INTEGER NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL,
-    value REAL, system TEXT, code TEXT, unit TEXT, patient_key TEXT, grp INTEGER
-);
+    rid INTEGER NOT NULL, ord INTEGER NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL,
+    value REAL, system TEXT, code TEXT, unit TEXT, patient_key TEXT, grp INTEGER,
+    PRIMARY KEY (rid, ord)
+) WITHOUT ROWID;
 CREATE INDEX idx_quantity_value ON idx_quantity(param, value);
-CREATE INDEX idx_quantity_rid ON idx_quantity(rid, param);
 CREATE INDEX idx_quantity_grp ON idx_quantity(grp) WHERE grp IS NOT NULL;
 
 CREATE TABLE idx_reference (
-    rid INTEGER NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL,
-    target_type TEXT, target_id TEXT, url TEXT NOT NULL, patient_key TEXT, grp INTEGER
-);
+    rid INTEGER NOT NULL, ord INTEGER NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL,
+    target_type TEXT, target_id TEXT, url TEXT NOT NULL, patient_key TEXT, grp INTEGER,
+    PRIMARY KEY (rid, ord)
+) WITHOUT ROWID;
 CREATE INDEX idx_reference_target ON idx_reference(param, target_id, target_type);
 CREATE INDEX idx_reference_url ON idx_reference(param, url);
-CREATE INDEX idx_reference_rid ON idx_reference(rid, param);
 CREATE INDEX idx_reference_grp ON idx_reference(grp) WHERE grp IS NOT NULL;
 
 CREATE TABLE idx_uri (
-    rid INTEGER NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL,
-    uri TEXT NOT NULL, patient_key TEXT, grp INTEGER
-);
+    rid INTEGER NOT NULL, ord INTEGER NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL,
+    uri TEXT NOT NULL, patient_key TEXT, grp INTEGER,
+    PRIMARY KEY (rid, ord)
+) WITHOUT ROWID;
 CREATE INDEX idx_uri_uri ON idx_uri(param, uri);
-CREATE INDEX idx_uri_rid ON idx_uri(rid, param);
 CREATE INDEX idx_uri_grp ON idx_uri(grp) WHERE grp IS NOT NULL;
 
 -- One row per composite value; its components live in the typed tables under
@@ -177,28 +177,32 @@ const SEEDED_STATS: &[(&str, &str, &str)] = &[
     ("idx_token", "idx_token_code", "10000000 200000 20 10"),
     ("idx_token", "idx_token_system", "5000000 200000 50000"),
     ("idx_token", "idx_token_text", "2000000 200000 20"),
-    ("idx_token", "idx_token_rid", "10000000 10 2"),
+    ("idx_token", "idx_token", "10000000 10 1"),
     ("idx_token", "idx_token_grp", "100000 2"),
     ("idx_string", "idx_string_norm", "5000000 500000 20"),
     ("idx_string", "idx_string_exact", "5000000 500000 20"),
-    ("idx_string", "idx_string_rid", "5000000 8 2"),
+    ("idx_string", "idx_string", "5000000 8 1"),
     ("idx_string", "idx_string_grp", "10000 2"),
     ("idx_date", "idx_date_low", "2000000 200000 5"),
     ("idx_date", "idx_date_high", "2000000 200000 5"),
-    ("idx_date", "idx_date_rid", "2000000 3 1"),
+    ("idx_date", "idx_date", "2000000 3 1"),
     ("idx_date", "idx_date_grp", "10000 2"),
     ("idx_number", "idx_number_value", "100000 20000 5"),
-    ("idx_number", "idx_number_rid", "100000 2 1"),
+    ("idx_number", "idx_number", "100000 2 1"),
     ("idx_number", "idx_number_grp", "10000 2"),
     ("idx_quantity", "idx_quantity_value", "1000000 200000 5"),
-    ("idx_quantity", "idx_quantity_rid", "1000000 2 1"),
+    ("idx_quantity", "idx_quantity", "1000000 2 1"),
     ("idx_quantity", "idx_quantity_grp", "100000 2"),
-    ("idx_reference", "idx_reference_target", "3000000 300000 20 20"),
+    (
+        "idx_reference",
+        "idx_reference_target",
+        "3000000 300000 20 20",
+    ),
     ("idx_reference", "idx_reference_url", "3000000 300000 20"),
-    ("idx_reference", "idx_reference_rid", "3000000 4 1"),
+    ("idx_reference", "idx_reference", "3000000 4 1"),
     ("idx_reference", "idx_reference_grp", "10000 2"),
     ("idx_uri", "idx_uri_uri", "100000 20000 5"),
-    ("idx_uri", "idx_uri_rid", "100000 2 1"),
+    ("idx_uri", "idx_uri", "100000 2 1"),
     ("idx_uri", "idx_uri_grp", "10000 2"),
     ("idx_composite", "idx_composite_param", "1000000 100000"),
     ("idx_composite", "idx_composite_rid", "1000000 3 2"),
@@ -215,7 +219,9 @@ pub(crate) fn seed_planner_stats(conn: &mut Connection) -> Result<(), StoreError
         .map_err(sql_err)?
         > 0
         && conn
-            .query_row("SELECT count(*) FROM sqlite_stat1", [], |r| r.get::<_, i64>(0))
+            .query_row("SELECT count(*) FROM sqlite_stat1", [], |r| {
+                r.get::<_, i64>(0)
+            })
             .map_err(sql_err)?
             > 0;
     if has_stats {
@@ -224,7 +230,8 @@ pub(crate) fn seed_planner_stats(conn: &mut Connection) -> Result<(), StoreError
     let tx = conn.transaction().map_err(sql_err)?;
     // ANALYZE of the (empty) schema creates sqlite_stat1.
     tx.execute_batch("ANALYZE").map_err(sql_err)?;
-    tx.execute("DELETE FROM sqlite_stat1", []).map_err(sql_err)?;
+    tx.execute("DELETE FROM sqlite_stat1", [])
+        .map_err(sql_err)?;
     for (tbl, idx, stat) in SEEDED_STATS {
         tx.execute(
             "INSERT INTO sqlite_stat1 (tbl, idx, stat) VALUES (?1, ?2, ?3)",
@@ -234,7 +241,8 @@ pub(crate) fn seed_planner_stats(conn: &mut Connection) -> Result<(), StoreError
     }
     tx.commit().map_err(sql_err)?;
     // Make this connection's planner load them (readers open afterwards).
-    conn.execute_batch("ANALYZE sqlite_schema").map_err(sql_err)?;
+    conn.execute_batch("ANALYZE sqlite_schema")
+        .map_err(sql_err)?;
     Ok(())
 }
 

@@ -591,8 +591,7 @@ impl Builder {
             let a = self.alias("s");
             let _ = write!(
                 self.sql.text,
-                "(SELECT {agg}({a}.{col}) FROM {table} {a} INDEXED BY {table}_rid \
-                 WHERE {a}.rid = c.rid AND {a}.param = "
+                "(SELECT {agg}({a}.{col}) FROM {table} {a} WHERE {a}.rid = c.rid AND {a}.param = "
             );
             self.sql.bind(param.to_owned());
             self.sql.push(")");

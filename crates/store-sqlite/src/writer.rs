@@ -331,26 +331,33 @@ fn write_resource(conn: &Connection, w: &ResourceWrite) -> Result<i64, StoreErro
         }
     };
     if !w.deleted {
-        let row = Row {
+        let mut row = Row {
             rid,
             resource_type: &w.resource_type,
             patient_key: w.patient_key.as_deref(),
+            ord: 0,
         };
         for entry in &w.index {
-            insert_entry(conn, &row, entry)?;
+            insert_entry(conn, &mut row, entry)?;
         }
     }
     Ok(seq)
 }
 
-/// What every index row of one resource shares.
+/// What every index row of one resource shares, and the next `ord` (the
+/// per-resource row number completing the index tables' primary key).
 struct Row<'a> {
     rid: i64,
     resource_type: &'a str,
     patient_key: Option<&'a str>,
+    ord: i64,
 }
 
-fn insert_entry(conn: &Connection, row: &Row<'_>, entry: &IndexEntry) -> Result<(), StoreError> {
+fn insert_entry(
+    conn: &Connection,
+    row: &mut Row<'_>,
+    entry: &IndexEntry,
+) -> Result<(), StoreError> {
     if let IndexValue::Composite { parts } = &entry.value {
         let json = serde_json::to_string(parts).map_err(|e| StoreError::Other(e.to_string()))?;
         conn.prepare_cached(
@@ -373,37 +380,38 @@ fn insert_entry(conn: &Connection, row: &Row<'_>, entry: &IndexEntry) -> Result<
 
 fn insert_value(
     conn: &Connection,
-    row: &Row<'_>,
+    row: &mut Row<'_>,
     param: &str,
     value: &IndexValue,
     grp: Option<i64>,
 ) -> Result<(), StoreError> {
-    let (rid, ty, pk) = (row.rid, row.resource_type, row.patient_key);
+    let (rid, ty, pk, ord) = (row.rid, row.resource_type, row.patient_key, row.ord);
+    row.ord += 1;
     let result = match value {
         IndexValue::Token { system, code, text } => conn
             .prepare_cached(
-                "INSERT INTO idx_token (rid, type, param, system, code, text, patient_key, grp) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO idx_token (rid, ord, type, param, system, code, text, patient_key, grp) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )
-            .and_then(|mut s| s.execute(params![rid, ty, param, system, code, text, pk, grp])),
+            .and_then(|mut s| s.execute(params![rid, ord, ty, param, system, code, text, pk, grp])),
         IndexValue::String { normalized, exact } => conn
             .prepare_cached(
-                "INSERT INTO idx_string (rid, type, param, normalized, exact, patient_key, grp) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO idx_string (rid, ord, type, param, normalized, exact, patient_key, grp) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )
-            .and_then(|mut s| s.execute(params![rid, ty, param, normalized, exact, pk, grp])),
+            .and_then(|mut s| s.execute(params![rid, ord, ty, param, normalized, exact, pk, grp])),
         IndexValue::Date { low, high } => conn
             .prepare_cached(
-                "INSERT INTO idx_date (rid, type, param, low, high, patient_key, grp) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO idx_date (rid, ord, type, param, low, high, patient_key, grp) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )
-            .and_then(|mut s| s.execute(params![rid, ty, param, low, high, pk, grp])),
+            .and_then(|mut s| s.execute(params![rid, ord, ty, param, low, high, pk, grp])),
         IndexValue::Number { value } => conn
             .prepare_cached(
-                "INSERT INTO idx_number (rid, type, param, value, patient_key, grp) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO idx_number (rid, ord, type, param, value, patient_key, grp) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )
-            .and_then(|mut s| s.execute(params![rid, ty, param, value, pk, grp])),
+            .and_then(|mut s| s.execute(params![rid, ord, ty, param, value, pk, grp])),
         IndexValue::Quantity {
             value,
             system,
@@ -411,25 +419,26 @@ fn insert_value(
             unit,
         } => conn
             .prepare_cached(
-                "INSERT INTO idx_quantity (rid, type, param, value, system, code, unit, patient_key, grp) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT INTO idx_quantity (rid, ord, type, param, value, system, code, unit, patient_key, grp) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )
-            .and_then(|mut s| s.execute(params![rid, ty, param, value, system, code, unit, pk, grp])),
+            .and_then(|mut s| s.execute(params![rid, ord, ty, param, value, system, code, unit, pk, grp])),
         IndexValue::Reference {
             target_type,
             target_id,
             url,
         } => conn
             .prepare_cached(
-                "INSERT INTO idx_reference (rid, type, param, target_type, target_id, url, patient_key, grp) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO idx_reference (rid, ord, type, param, target_type, target_id, url, patient_key, grp) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )
-            .and_then(|mut s| s.execute(params![rid, ty, param, target_type, target_id, url, pk, grp])),
+            .and_then(|mut s| s.execute(params![rid, ord, ty, param, target_type, target_id, url, pk, grp])),
         IndexValue::Uri { uri } => conn
             .prepare_cached(
-                "INSERT INTO idx_uri (rid, type, param, uri, patient_key, grp) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO idx_uri (rid, ord, type, param, uri, patient_key, grp) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )
-            .and_then(|mut s| s.execute(params![rid, ty, param, uri, pk, grp])),
+            .and_then(|mut s| s.execute(params![rid, ord, ty, param, uri, pk, grp])),
         IndexValue::Composite { .. } => return Ok(()),
     };
     result.map(|_| ()).map_err(sql_err)

@@ -3,7 +3,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use carelayer_audit::{Agent, AuditAction, AuditOutcome, AuditRecord, Channel, GENESIS_HASH, chain_hash};
+use carelayer_audit::{
+    Agent, AuditAction, AuditOutcome, AuditRecord, Channel, GENESIS_HASH, chain_hash,
+};
 use carelayer_fhir::search::{IndexEntry, IndexValue};
 use carelayer_store::{
     Clause, IndexTest, Predicate, Prefix, ResourceWrite, SearchQuery, SortKey, Store, StoreError,
@@ -20,7 +22,10 @@ fn audit(detail: &str) -> AuditRecord {
         recorded_at: 1,
         action: AuditAction::Read,
         outcome: AuditOutcome::Success,
-        agent: Agent { display: "t".into(), ..Agent::default() },
+        agent: Agent {
+            display: "t".into(),
+            ..Agent::default()
+        },
         patient: None,
         resources: vec![],
         purpose: "direct-care".into(),
@@ -40,7 +45,10 @@ fn patient(id: &str) -> ResourceWrite {
         patient_key: Some(id.into()),
         index: vec![IndexEntry {
             param: "family".into(),
-            value: IndexValue::String { normalized: "smith".into(), exact: "Smith".into() },
+            value: IndexValue::String {
+                normalized: "smith".into(),
+                exact: "Smith".into(),
+            },
         }],
     }
 }
@@ -55,7 +63,10 @@ fn one(types: &[&str], p: Predicate) -> SearchQuery {
 }
 
 fn index(param: &str, test: IndexTest) -> Predicate {
-    Predicate::Index { param: param.into(), test }
+    Predicate::Index {
+        param: param.into(),
+        test,
+    }
 }
 
 /// No plan line may scan a table: every access is an index search (or the
@@ -80,25 +91,138 @@ fn assert_indexed(plan: &[String], what: &str) {
 async fn searches_use_indexes() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
-    store.commit(WriteSet { resources: vec![patient("p1")], ..WriteSet::default() }).await.unwrap();
-    let tok = IndexTest::Token { system: Some(Some("https://fhir.nhs.uk/Id/nhs-number".into())), code: "9000000009".into() };
+    store
+        .commit(WriteSet {
+            resources: vec![patient("p1")],
+            ..WriteSet::default()
+        })
+        .await
+        .unwrap();
+    let tok = IndexTest::Token {
+        system: Some(Some("https://fhir.nhs.uk/Id/nhs-number".into())),
+        code: "9000000009".into(),
+    };
     let cases: Vec<(&str, SearchQuery)> = vec![
         ("type only", one(&["Patient"], Predicate::Id("p1".into()))),
         ("token", one(&["Patient"], index("identifier", tok.clone()))),
         ("token any type", one(&[], index("identifier", tok.clone()))),
-        ("token system", one(&["Patient"], index("identifier", IndexTest::TokenSystem("s".into())))),
-        ("token text", one(&["Patient"], index("code", IndexTest::TokenText("dia".into())))),
-        ("string prefix", one(&["Patient"], index("name", IndexTest::StringStartsWith("smi".into())))),
-        ("string exact", one(&["Patient"], index("name", IndexTest::StringExact("Smith".into())))),
-        ("date ge", one(&["Patient"], index("birthdate", IndexTest::Date { prefix: Prefix::Ge, low: 1, high: 2 }))),
-        ("date eq", one(&["Patient"], index("birthdate", IndexTest::Date { prefix: Prefix::Eq, low: 1, high: 2 }))),
-        ("number", one(&["RiskAssessment"], index("probability", IndexTest::Number { prefix: Prefix::Gt, value: 1.0, low: 0.5, high: 1.5 }))),
-        ("reference", one(&["Observation"], index("subject", IndexTest::Reference { target_type: Some("Patient".into()), id: "p1".into() }))),
-        ("uri below", one(&["ValueSet"], index("url", IndexTest::UriBelow("http://x".into())))),
-        ("uri above", one(&["ValueSet"], index("url", IndexTest::UriAbove("http://x/a/b".into())))),
-        ("patient compartment", one(&["Observation"], Predicate::PatientKey("p1".into()))),
-        ("patient compartment all types", one(&[], Predicate::PatientKey("p1".into()))),
-        ("last updated", one(&["Patient"], Predicate::LastUpdated { prefix: Prefix::Gt, low: 1, high: 2 })),
+        (
+            "token system",
+            one(
+                &["Patient"],
+                index("identifier", IndexTest::TokenSystem("s".into())),
+            ),
+        ),
+        (
+            "token text",
+            one(
+                &["Patient"],
+                index("code", IndexTest::TokenText("dia".into())),
+            ),
+        ),
+        (
+            "string prefix",
+            one(
+                &["Patient"],
+                index("name", IndexTest::StringStartsWith("smi".into())),
+            ),
+        ),
+        (
+            "string exact",
+            one(
+                &["Patient"],
+                index("name", IndexTest::StringExact("Smith".into())),
+            ),
+        ),
+        (
+            "date ge",
+            one(
+                &["Patient"],
+                index(
+                    "birthdate",
+                    IndexTest::Date {
+                        prefix: Prefix::Ge,
+                        low: 1,
+                        high: 2,
+                    },
+                ),
+            ),
+        ),
+        (
+            "date eq",
+            one(
+                &["Patient"],
+                index(
+                    "birthdate",
+                    IndexTest::Date {
+                        prefix: Prefix::Eq,
+                        low: 1,
+                        high: 2,
+                    },
+                ),
+            ),
+        ),
+        (
+            "number",
+            one(
+                &["RiskAssessment"],
+                index(
+                    "probability",
+                    IndexTest::Number {
+                        prefix: Prefix::Gt,
+                        value: 1.0,
+                        low: 0.5,
+                        high: 1.5,
+                    },
+                ),
+            ),
+        ),
+        (
+            "reference",
+            one(
+                &["Observation"],
+                index(
+                    "subject",
+                    IndexTest::Reference {
+                        target_type: Some("Patient".into()),
+                        id: "p1".into(),
+                    },
+                ),
+            ),
+        ),
+        (
+            "uri below",
+            one(
+                &["ValueSet"],
+                index("url", IndexTest::UriBelow("http://x".into())),
+            ),
+        ),
+        (
+            "uri above",
+            one(
+                &["ValueSet"],
+                index("url", IndexTest::UriAbove("http://x/a/b".into())),
+            ),
+        ),
+        (
+            "patient compartment",
+            one(&["Observation"], Predicate::PatientKey("p1".into())),
+        ),
+        (
+            "patient compartment all types",
+            one(&[], Predicate::PatientKey("p1".into())),
+        ),
+        (
+            "last updated",
+            one(
+                &["Patient"],
+                Predicate::LastUpdated {
+                    prefix: Prefix::Gt,
+                    low: 1,
+                    high: 2,
+                },
+            ),
+        ),
         (
             "composite",
             one(
@@ -106,8 +230,18 @@ async fn searches_use_indexes() {
                 index(
                     "code-value-quantity",
                     IndexTest::Composite(vec![
-                        IndexTest::Token { system: None, code: "1234".into() },
-                        IndexTest::Quantity { prefix: Prefix::Gt, value: 1.0, low: 0.5, high: 1.5, system: None, code: None },
+                        IndexTest::Token {
+                            system: None,
+                            code: "1234".into(),
+                        },
+                        IndexTest::Quantity {
+                            prefix: Prefix::Gt,
+                            value: 1.0,
+                            low: 0.5,
+                            high: 1.5,
+                            system: None,
+                            code: None,
+                        },
                     ]),
                 ),
             ),
@@ -119,7 +253,10 @@ async fn searches_use_indexes() {
                 Predicate::Chain {
                     param: "subject".into(),
                     target_type: "Patient".into(),
-                    query: Box::new(one(&["Patient"], index("name", IndexTest::StringStartsWith("smi".into())))),
+                    query: Box::new(one(
+                        &["Patient"],
+                        index("name", IndexTest::StringStartsWith("smi".into())),
+                    )),
                 },
             ),
         ),
@@ -130,16 +267,40 @@ async fn searches_use_indexes() {
                 Predicate::Has {
                     source_type: "Observation".into(),
                     param: "subject".into(),
-                    query: Box::new(one(&["Observation"], index("code", IndexTest::Token { system: None, code: "1234".into() }))),
+                    query: Box::new(one(
+                        &["Observation"],
+                        index(
+                            "code",
+                            IndexTest::Token {
+                                system: None,
+                                code: "1234".into(),
+                            },
+                        ),
+                    )),
                 },
             ),
         ),
-        ("missing", one(&["Patient"], Predicate::Missing { param: "gender".into(), missing: false })),
+        (
+            "missing",
+            one(
+                &["Patient"],
+                Predicate::Missing {
+                    param: "gender".into(),
+                    missing: false,
+                },
+            ),
+        ),
         (
             "sorted",
             SearchQuery {
-                sort: vec![SortKey::Param { param: "family".into(), descending: false }],
-                ..one(&["Patient"], index("name", IndexTest::StringStartsWith("smi".into())))
+                sort: vec![SortKey::Param {
+                    param: "family".into(),
+                    descending: false,
+                }],
+                ..one(
+                    &["Patient"],
+                    index("name", IndexTest::StringStartsWith("smi".into())),
+                )
             },
         ),
     ];
@@ -157,7 +318,11 @@ async fn reopen_keeps_data_and_continues_the_chain() {
     {
         let store = open(&dir);
         store
-            .commit(WriteSet { resources: vec![patient("p1")], audit: vec![audit("1")], ..WriteSet::default() })
+            .commit(WriteSet {
+                resources: vec![patient("p1")],
+                audit: vec![audit("1")],
+                ..WriteSet::default()
+            })
             .await
             .unwrap();
         store.append_audit(vec![audit("2")]).await.unwrap();
@@ -181,10 +346,21 @@ async fn a_closed_store_is_unavailable_not_hung() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
     store.close().await;
-    let r = store.commit(WriteSet { resources: vec![patient("p1")], ..WriteSet::default() }).await;
+    let r = store
+        .commit(WriteSet {
+            resources: vec![patient("p1")],
+            ..WriteSet::default()
+        })
+        .await;
     assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
-    assert!(matches!(store.append_audit(vec![audit("x")]).await, Err(StoreError::Unavailable(_))));
-    assert!(matches!(store.read_current("Patient", "p1").await, Err(StoreError::Unavailable(_))));
+    assert!(matches!(
+        store.append_audit(vec![audit("x")]).await,
+        Err(StoreError::Unavailable(_))
+    ));
+    assert!(matches!(
+        store.read_current("Patient", "p1").await,
+        Err(StoreError::Unavailable(_))
+    ));
     store.close().await; // idempotent
 }
 
@@ -193,12 +369,27 @@ async fn hostile_values_are_data() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
     let evil = "x' OR 1=1; DROP TABLE current; --";
-    store.commit(WriteSet { resources: vec![patient("p1")], ..WriteSet::default() }).await.unwrap();
+    store
+        .commit(WriteSet {
+            resources: vec![patient("p1")],
+            ..WriteSet::default()
+        })
+        .await
+        .unwrap();
     for q in [
         one(&["Patient"], Predicate::Id(evil.into())),
         one(&[evil], Predicate::Id("p1".into())),
-        one(&["Patient"], index(evil, IndexTest::StringStartsWith(evil.into()))),
-        one(&["Patient"], Predicate::Missing { param: evil.into(), missing: false }),
+        one(
+            &["Patient"],
+            index(evil, IndexTest::StringStartsWith(evil.into())),
+        ),
+        one(
+            &["Patient"],
+            Predicate::Missing {
+                param: evil.into(),
+                missing: false,
+            },
+        ),
     ] {
         assert!(store.search(&q).await.unwrap().matches.is_empty());
     }

@@ -75,6 +75,11 @@ macro_rules! contract_tests {
 
 // ---------------------------------------------------------------- helpers
 
+/// A search table row: name, clauses, expected ids.
+type SearchCase = (&'static str, Vec<Vec<Predicate>>, Vec<&'static str>);
+/// A sort fixture: id, family name, birth date range, last updated.
+type Person = (&'static str, Option<&'static str>, Option<(i64, i64)>, i64);
+
 const T0: i64 = 1_700_000_000_000_000;
 
 fn write(t: &str, id: &str, version: i64, index: Vec<IndexEntry>) -> ResourceWrite {
@@ -878,7 +883,7 @@ pub async fn search_token_string_uri_reference(store: &dyn Store) {
         system: system.map(|s| s.map(Into::into)),
         code: code.into(),
     };
-    let cases: Vec<(&str, Vec<Vec<Predicate>>, Vec<&str>)> = vec![
+    let cases: Vec<SearchCase> = vec![
         (
             "token any system",
             vec![vec![index("identifier", token(None, "9000000009"))]],
@@ -1563,7 +1568,7 @@ pub async fn search_types_id_patient_last_updated(store: &dyn Store) {
 /// `_sort` by string, date (asc on low, desc on high), token, id and
 /// `_lastUpdated`; missing values last; ties broken by id.
 pub async fn sort_by_param(store: &dyn Store) {
-    let people: [(&str, Option<&str>, Option<(i64, i64)>, i64); 5] = [
+    let people: [Person; 5] = [
         ("a", Some("young"), Some((300, 300)), 5),
         ("b", Some("adams"), Some((100, 199)), 4),
         ("c", Some("brown"), Some((150, 250)), 3),
