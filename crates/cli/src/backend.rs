@@ -25,7 +25,10 @@ pub fn open(url: &str) -> anyhow::Result<Arc<dyn Store>> {
             "the PostgreSQL backend is not part of this build yet; use the embedded default (sqlite://PATH)"
         );
     }
-    bail!("unrecognised database URL '{}': use sqlite://PATH or postgres://USER@HOST:PORT/DB", redact(url))
+    bail!(
+        "unrecognised database URL '{}': use sqlite://PATH or postgres://USER@HOST:PORT/DB",
+        redact(url)
+    )
 }
 
 /// A URL fit for messages: any password replaced.
@@ -48,7 +51,10 @@ mod tests {
 
     #[test]
     fn redacts_passwords() {
-        assert_eq!(redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
         assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact("sqlite://x.db"), "sqlite://x.db");
     }

@@ -16,6 +16,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the FHIR server.
     Serve(ServeArgs),
+    /// Measure create and read throughput and latency with N concurrent
+    /// clients (starts its own server on a temporary database by default).
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Where the records live.
@@ -23,7 +26,11 @@ pub enum Command {
 pub struct DatabaseArgs {
     /// `sqlite://PATH` (embedded, the default: ./carelayer-data/carelayer.db)
     /// or `postgres://USER@HOST:PORT/DB`.
-    #[arg(long, env = "CARELAYER_DATABASE", default_value = "sqlite://carelayer-data/carelayer.db")]
+    #[arg(
+        long,
+        env = "CARELAYER_DATABASE",
+        default_value = "sqlite://carelayer-data/carelayer.db"
+    )]
     pub database: String,
 }
 

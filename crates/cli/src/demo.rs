@@ -18,7 +18,12 @@ pub async fn load(records: &Records, base_url: &str) -> anyhow::Result<usize> {
         Err(e) => return Err(e).context("checking for the demo record set"),
     }
     let response = records
-        .process_bundle(&caller, DEMO_BUNDLE.as_bytes(), base_url, ReturnPreference::Minimal)
+        .process_bundle(
+            &caller,
+            DEMO_BUNDLE.as_bytes(),
+            base_url,
+            ReturnPreference::Minimal,
+        )
         .await
         .context("loading the demo record set")?;
     let value: serde_json::Value = serde_json::from_slice(&response)?;

@@ -9,8 +9,10 @@
 //!   and the bench run the real thing on port 0).
 //! - `serve`: the `serve` subcommand.
 //! - [`demo`]: the demo record set.
+//! - [`bench`]: the `bench` subcommand, a load generator.
 
 pub mod backend;
+pub mod bench;
 pub mod config;
 pub mod demo;
 mod serve;
@@ -25,5 +27,6 @@ use crate::config::{Cli, Command};
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
     }
 }

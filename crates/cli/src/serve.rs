@@ -33,7 +33,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let server = start(config, listener).await?;
     if args.demo {
-        eprintln!("demo record set ready (5 patients: try {}/Patient?family=Whitfield)", server.base_url);
+        eprintln!(
+            "demo record set ready (5 patients: try {}/Patient?family=Whitfield)",
+            server.base_url
+        );
     }
     eprintln!(
         "carelayer serving FHIR R4 at {} (database {}); loopback only: authentication is not configured yet",

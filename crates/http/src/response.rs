@@ -91,10 +91,18 @@ pub(crate) fn check_accept(headers: &HeaderMap, format: Option<&str>) -> Result<
 /// Refuse request bodies that are not JSON (`Content-Type`). A missing
 /// content type is read as JSON.
 pub(crate) fn check_content_type(headers: &HeaderMap, patch: bool) -> Result<(), ApiError> {
-    let Some(ct) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+    let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
         return Ok(());
     };
-    let media = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let media = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     let ok = if patch {
         media == "application/json-patch+json"
     } else {
@@ -138,11 +146,13 @@ pub(crate) fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
         None => Ok(None),
         Some(v) => {
             let text = v.to_str().unwrap_or("");
-            carelayer_records::parse_etag(text).map(Some).ok_or_else(|| {
-                ApiError::Records(carelayer_records::RecordsError::BadRequest(format!(
-                    "If-Match '{text}' is not a version ETag like W/\"3\""
-                )))
-            })
+            carelayer_records::parse_etag(text)
+                .map(Some)
+                .ok_or_else(|| {
+                    ApiError::Records(carelayer_records::RecordsError::BadRequest(format!(
+                        "If-Match '{text}' is not a version ETag like W/\"3\""
+                    )))
+                })
         }
     }
 }

@@ -13,8 +13,8 @@ use crate::render::{BundleBuilder, etag, full_url, operation_outcome};
 use crate::search::parse_query_string;
 use crate::write::{Conditional, Method, WriteEntry, check_resource};
 use crate::{
-    Caller, HistoryRequest, Records, RecordsError, SearchRequest, WriteOutcome, WriteStatus,
-    clock, prepare,
+    Caller, HistoryRequest, Records, RecordsError, SearchRequest, WriteOutcome, WriteStatus, clock,
+    prepare,
 };
 
 /// The two kinds of Bundle the server processes.
@@ -29,6 +29,9 @@ enum Entry {
     Write(Box<WriteEntry>),
     Get(String),
 }
+
+/// A response entry: fullUrl, resource bytes, and the `response` element.
+type EntryResponse = (Option<String>, Option<Vec<u8>>, Value);
 
 /// Whether response entries carry the resource (`Prefer: return=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,8 +126,7 @@ impl Records {
         } else {
             self.plan_and_commit(caller, &writes, true).await?
         };
-        let mut responses: Vec<Option<(Option<String>, Option<Vec<u8>>, Value)>> =
-            (0..entries.len()).map(|_| None).collect();
+        let mut responses: Vec<Option<EntryResponse>> = (0..entries.len()).map(|_| None).collect();
         for (pos, outcome) in write_positions.into_iter().zip(outcomes) {
             responses[pos] = Some(write_response(&outcome, base_url, prefer));
         }
@@ -138,7 +140,11 @@ impl Records {
         }
         let mut out = BundleBuilder::new("transaction-response", None, &[]);
         for (full, resource, response) in responses.into_iter().flatten() {
-            out.entry(full.as_deref(), resource.as_deref(), &[("response", response)]);
+            out.entry(
+                full.as_deref(),
+                resource.as_deref(),
+                &[("response", response)],
+            );
         }
         Ok(out.finish())
     }
@@ -159,7 +165,10 @@ impl Records {
                     Err(err) => error_response(&err),
                 },
                 Ok(Entry::Write(w)) => {
-                    match self.plan_and_commit(caller, std::slice::from_ref(&*w), true).await {
+                    match self
+                        .plan_and_commit(caller, std::slice::from_ref(&*w), true)
+                        .await
+                    {
                         Ok(mut outcomes) => match outcomes.pop() {
                             Some(outcome) => write_response(&outcome, base_url, prefer),
                             None => error_response(&RecordsError::Store(StoreError::Other(
@@ -170,7 +179,11 @@ impl Records {
                     }
                 }
             };
-            out.entry(full.as_deref(), resource.as_deref(), &[("response", response)]);
+            out.entry(
+                full.as_deref(),
+                resource.as_deref(),
+                &[("response", response)],
+            );
         }
         out.finish()
     }
@@ -228,7 +241,7 @@ fn write_response(
     outcome: &WriteOutcome,
     base_url: &str,
     prefer: ReturnPreference,
-) -> (Option<String>, Option<Vec<u8>>, Value) {
+) -> EntryResponse {
     let status = match outcome.status {
         WriteStatus::Created => "201 Created",
         WriteStatus::Updated | WriteStatus::Existing => "200 OK",
@@ -264,7 +277,7 @@ fn write_response(
     (Some(full_url(base_url, v)), resource, response)
 }
 
-fn error_response(err: &RecordsError) -> (Option<String>, Option<Vec<u8>>, Value) {
+fn error_response(err: &RecordsError) -> EntryResponse {
     (
         None,
         None,
@@ -357,7 +370,10 @@ fn parse_entry(i: usize, raw: &Value, base_url: &str) -> Result<Entry, RecordsEr
         }
     };
     let if_match = match request.get("ifMatch").and_then(Value::as_str) {
-        Some(tag) => Some(parse_etag(tag).ok_or_else(|| bad(format!("ifMatch '{tag}' is not an ETag like W/\"3\"")))?),
+        Some(tag) => Some(
+            parse_etag(tag)
+                .ok_or_else(|| bad(format!("ifMatch '{tag}' is not an ETag like W/\"3\"")))?,
+        ),
         None => None,
     };
     let mut entry = WriteEntry {
@@ -371,7 +387,10 @@ fn parse_entry(i: usize, raw: &Value, base_url: &str) -> Result<Entry, RecordsEr
             .get("ifNoneExist")
             .and_then(Value::as_str)
             .map(|q| q.split_once('?').map_or(q, |(_, q)| q).to_owned()),
-        full_url: raw.get("fullUrl").and_then(Value::as_str).map(str::to_owned),
+        full_url: raw
+            .get("fullUrl")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
         location: Some(loc.clone()),
     };
     match method {
@@ -392,8 +411,13 @@ fn parse_entry(i: usize, raw: &Value, base_url: &str) -> Result<Entry, RecordsEr
             let binary = raw
                 .get("resource")
                 .filter(|r| r.get("resourceType").and_then(Value::as_str) == Some("Binary"))
-                .ok_or_else(|| bad("a PATCH entry carries its JSON Patch as a Binary resource".into()))?;
-            let data = binary.get("data").and_then(Value::as_str).unwrap_or_default();
+                .ok_or_else(|| {
+                    bad("a PATCH entry carries its JSON Patch as a Binary resource".into())
+                })?;
+            let data = binary
+                .get("data")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(data)
                 .map_err(|e| bad(format!("the Binary's data is not base64: {e}")))?;
@@ -429,11 +453,37 @@ mod tests {
 
     #[test]
     fn entries_parse() {
-        let e = parse_entry(0, &json!({"request": {"method": "DELETE", "url": "Patient?identifier=x"}}), "http://h/fhir").unwrap();
-        assert!(matches!(e, Entry::Write(w) if w.target == Some(Conditional::Query("identifier=x".into()))));
-        let e = parse_entry(0, &json!({"request": {"method": "GET", "url": "http://h/fhir/Patient/1"}}), "http://h/fhir").unwrap();
+        let e = parse_entry(
+            0,
+            &json!({"request": {"method": "DELETE", "url": "Patient?identifier=x"}}),
+            "http://h/fhir",
+        )
+        .unwrap();
+        assert!(
+            matches!(e, Entry::Write(w) if w.target == Some(Conditional::Query("identifier=x".into())))
+        );
+        let e = parse_entry(
+            0,
+            &json!({"request": {"method": "GET", "url": "http://h/fhir/Patient/1"}}),
+            "http://h/fhir",
+        )
+        .unwrap();
         assert!(matches!(e, Entry::Get(u) if u == "Patient/1"));
-        assert!(parse_entry(0, &json!({"request": {"method": "PUT", "url": "Patient"}}), "b").is_err());
-        assert!(parse_entry(0, &json!({"request": {"method": "POST", "url": "Nope"}}), "b").is_err());
+        assert!(
+            parse_entry(
+                0,
+                &json!({"request": {"method": "PUT", "url": "Patient"}}),
+                "b"
+            )
+            .is_err()
+        );
+        assert!(
+            parse_entry(
+                0,
+                &json!({"request": {"method": "POST", "url": "Nope"}}),
+                "b"
+            )
+            .is_err()
+        );
     }
 }

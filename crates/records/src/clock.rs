@@ -48,8 +48,11 @@ pub fn format_http_date(micros: i64) -> String {
 /// A message naming the expected form.
 pub fn parse_instant(text: &str) -> Result<i64, String> {
     let parsed = OffsetDateTime::parse(text, &Rfc3339).or_else(|_| {
-        time::Date::parse(text, &time::macros::format_description!("[year]-[month]-[day]"))
-            .map(|d| d.midnight().assume_utc())
+        time::Date::parse(
+            text,
+            &time::macros::format_description!("[year]-[month]-[day]"),
+        )
+        .map(|d| d.midnight().assume_utc())
     });
     match parsed {
         Ok(dt) => Ok(i64::try_from(dt.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX)),

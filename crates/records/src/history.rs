@@ -75,12 +75,12 @@ impl Records {
                 count: count + 1,
             })
             .await?;
-        if rows.is_empty() && request.before_seq.is_none() {
-            if let HistoryScope::Instance { resource_type, id } = &scope {
-                if self.store.read_current(resource_type, id).await?.is_none() {
-                    return Err(RecordsError::NotFound(format!("{resource_type}/{id}")));
-                }
-            }
+        if rows.is_empty()
+            && request.before_seq.is_none()
+            && let HistoryScope::Instance { resource_type, id } = &scope
+            && self.store.read_current(resource_type, id).await?.is_none()
+        {
+            return Err(RecordsError::NotFound(format!("{resource_type}/{id}")));
         }
         let more = rows.len() > count;
         let mut next = None;

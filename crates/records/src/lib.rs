@@ -157,12 +157,12 @@ impl Records {
         let resource = prepare::parse_body(body)?;
         let actual = prepare::resource_type_of(&resource)?;
         prepare::check_type(actual)?;
-        if let Some(expected) = resource_type {
-            if expected != actual {
-                return Err(RecordsError::BadRequest(format!(
-                    "resourceType '{actual}' does not match the URL's '{expected}'"
-                )));
-            }
+        if let Some(expected) = resource_type
+            && expected != actual
+        {
+            return Err(RecordsError::BadRequest(format!(
+                "resourceType '{actual}' does not match the URL's '{expected}'"
+            )));
         }
         prepare::validate(&resource)
     }
@@ -247,14 +247,24 @@ pub fn encode_query_component(s: &str) -> String {
 fn query_string(params: &[(String, String)]) -> String {
     params
         .iter()
-        .map(|(k, v)| format!("{}={}", encode_query_component(k), encode_query_component(v)))
+        .map(|(k, v)| {
+            format!(
+                "{}={}",
+                encode_query_component(k),
+                encode_query_component(v)
+            )
+        })
         .collect::<Vec<_>>()
         .join("&")
 }
 
 /// A searchset Bundle for one page of results, with `self` and `next` links.
 #[must_use]
-pub fn render_searchset(outcome: &SearchOutcome, request: &SearchRequest, base_url: &str) -> Vec<u8> {
+pub fn render_searchset(
+    outcome: &SearchOutcome,
+    request: &SearchRequest,
+    base_url: &str,
+) -> Vec<u8> {
     let path = match &request.resource_type {
         Some(ty) => format!("{base_url}/{ty}"),
         None => base_url.to_owned(),
@@ -285,7 +295,10 @@ pub fn render_searchset(outcome: &SearchOutcome, request: &SearchRequest, base_u
             .cloned()
             .collect();
         prev_params.push(("_count".into(), outcome.count.to_string()));
-        prev_params.push(("_offset".into(), outcome.offset.saturating_sub(outcome.count).to_string()));
+        prev_params.push((
+            "_offset".into(),
+            outcome.offset.saturating_sub(outcome.count).to_string(),
+        ));
         prev_params.push(("_snapshot".into(), outcome.snapshot_seq.to_string()));
         links.push(("previous", format!("{path}?{}", query_string(&prev_params))));
     }
@@ -325,7 +338,11 @@ pub fn render_history(
     let mut bundle = render::BundleBuilder::new("history", None, &links);
     for v in &page.versions {
         let (method, url, status) = if v.deleted {
-            ("DELETE", format!("{}/{}", v.resource_type, v.id), "204 No Content")
+            (
+                "DELETE",
+                format!("{}/{}", v.resource_type, v.id),
+                "204 No Content",
+            )
         } else if v.version == 1 {
             ("POST", v.resource_type.clone(), "201 Created")
         } else {

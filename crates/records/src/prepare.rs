@@ -164,7 +164,11 @@ pub fn deletion(resource_type: &str, id: &str, version: i64, at: i64) -> Resourc
 /// FHIR JSON convention: `resourceType` first, then `id`, then `meta`.
 fn put_resource_type_first(object: &mut Map<String, Value>) {
     let keys = ["resourceType", "id", "meta"];
-    if object.keys().take(3).eq(keys.iter().filter(|k| object.contains_key(**k)).copied()) {
+    if object
+        .keys()
+        .take(3)
+        .eq(keys.iter().filter(|k| object.contains_key(**k)).copied())
+    {
         return;
     }
     let mut reordered = Map::with_capacity(object.len());
@@ -193,12 +197,19 @@ mod tests {
 
     #[test]
     fn stamp_sets_meta_and_orders_keys() {
-        let r = json!({"gender": "male", "meta": {"tag": [{"code": "x"}]}, "resourceType": "Patient"});
+        let r =
+            json!({"gender": "male", "meta": {"tag": [{"code": "x"}]}, "resourceType": "Patient"});
         let (write, stamped) = stamp(r, "Patient", "p1", 2, 0).unwrap();
         let text = String::from_utf8(write.json).unwrap();
-        assert!(text.starts_with(r#"{"resourceType":"Patient","id":"p1","meta":{"tag""#), "{text}");
+        assert!(
+            text.starts_with(r#"{"resourceType":"Patient","id":"p1","meta":{"tag""#),
+            "{text}"
+        );
         assert_eq!(stamped["meta"]["versionId"], "2");
-        assert_eq!(stamped["meta"]["lastUpdated"], "1970-01-01T00:00:00.000000Z");
+        assert_eq!(
+            stamped["meta"]["lastUpdated"],
+            "1970-01-01T00:00:00.000000Z"
+        );
         assert_eq!(write.patient_key.as_deref(), Some("p1"));
     }
 }

@@ -25,8 +25,13 @@ impl Records {
         } else {
             None
         };
-        self.disclose_one(caller, AuditAction::Read, reference, found.map(Version::from))
-            .await
+        self.disclose_one(
+            caller,
+            AuditAction::Read,
+            reference,
+            found.map(Version::from),
+        )
+        .await
     }
 
     /// One version of a resource.
@@ -47,8 +52,13 @@ impl Records {
             Some(v) if is_valid_id(id) => self.store.read_version(resource_type, id, v).await?,
             _ => None,
         };
-        self.disclose_one(caller, AuditAction::Vread, reference, found.map(Version::from))
-            .await
+        self.disclose_one(
+            caller,
+            AuditAction::Vread,
+            reference,
+            found.map(Version::from),
+        )
+        .await
     }
 
     /// Policy and audit for handing one version to the caller.

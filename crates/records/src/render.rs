@@ -49,9 +49,17 @@ impl BundleBuilder {
 
     /// Append an entry: `fullUrl`, the resource's JSON bytes as stored, and
     /// further members (`search`, `request`, `response`).
-    pub fn entry(&mut self, full_url: Option<&str>, resource: Option<&[u8]>, members: &[(&str, Value)]) {
-        self.buf
-            .extend_from_slice(if self.entries == 0 { b",\"entry\":[{" } else { b",{" });
+    pub fn entry(
+        &mut self,
+        full_url: Option<&str>,
+        resource: Option<&[u8]>,
+        members: &[(&str, Value)],
+    ) {
+        self.buf.extend_from_slice(if self.entries == 0 {
+            b",\"entry\":[{"
+        } else {
+            b",{"
+        });
         self.entries += 1;
         let mut first = true;
         let mut sep = |buf: &mut Vec<u8>| {
@@ -130,14 +138,27 @@ mod tests {
 
     #[test]
     fn bundle_builder_makes_valid_json() {
-        let mut b = BundleBuilder::new("searchset", Some(2), &[("self", "http://x/fhir/Patient".into())]);
-        b.entry(Some("http://x/fhir/Patient/1"), Some(br#"{"resourceType":"Patient","id":"1"}"#), &[("search", json!({"mode": "match"}))]);
-        b.entry(None, None, &[("response", json!({"status": "204 No Content"}))]);
+        let mut b = BundleBuilder::new(
+            "searchset",
+            Some(2),
+            &[("self", "http://x/fhir/Patient".into())],
+        );
+        b.entry(
+            Some("http://x/fhir/Patient/1"),
+            Some(br#"{"resourceType":"Patient","id":"1"}"#),
+            &[("search", json!({"mode": "match"}))],
+        );
+        b.entry(
+            None,
+            None,
+            &[("response", json!({"status": "204 No Content"}))],
+        );
         let v: Value = serde_json::from_slice(&b.finish()).unwrap();
         assert_eq!(v["total"], 2);
         assert_eq!(v["entry"][0]["resource"]["id"], "1");
         assert_eq!(v["entry"][1]["response"]["status"], "204 No Content");
-        let empty: Value = serde_json::from_slice(&BundleBuilder::new("history", None, &[]).finish()).unwrap();
+        let empty: Value =
+            serde_json::from_slice(&BundleBuilder::new("history", None, &[]).finish()).unwrap();
         assert!(empty.get("entry").is_none());
     }
 }

@@ -6,9 +6,7 @@
 
 use carelayer_audit::AuditAction;
 use carelayer_fhir::search::{self as defs, ParamType};
-use carelayer_store::{
-    Clause, IndexTest, Predicate, Prefix, SearchQuery, SortKey, TotalMode,
-};
+use carelayer_store::{Clause, IndexTest, Predicate, Prefix, SearchQuery, SortKey, TotalMode};
 
 use crate::prepare::check_type;
 use crate::{Caller, Records, RecordsError, Version};
@@ -113,7 +111,11 @@ impl Records {
                 "_snapshot" => value
                     .parse::<i64>()
                     .map(|s| query.snapshot_seq = Some(s))
-                    .map_err(|_| RecordsError::BadRequest(format!("_snapshot '{value}' is not a paging token of this server"))),
+                    .map_err(|_| {
+                        RecordsError::BadRequest(format!(
+                            "_snapshot '{value}' is not a paging token of this server"
+                        ))
+                    }),
                 "_total" => parse_total(value).map(|t| query.total = t),
                 "_sort" => parse_sort(request.resource_type.as_deref(), value)
                     .map(|keys| query.sort = keys),
@@ -132,7 +134,9 @@ impl Records {
                         applied.push((name.clone(), value.clone()));
                     }
                 }
-                Err(RecordsError::BadRequest(_)) if request.lenient && is_unknown(request.resource_type.as_deref(), name) => {
+                Err(RecordsError::BadRequest(_))
+                    if request.lenient && is_unknown(request.resource_type.as_deref(), name) =>
+                {
                     ignored.push(name.clone());
                 }
                 Err(e) => return Err(e),
@@ -164,7 +168,10 @@ fn describe(request: &SearchRequest) -> String {
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join("&");
-    format!("{}?{params}", request.resource_type.as_deref().unwrap_or(""))
+    format!(
+        "{}?{params}",
+        request.resource_type.as_deref().unwrap_or("")
+    )
 }
 
 /// `a=1&b=2` → pairs, percent-decoded (`+` is a space, as in forms).
@@ -489,13 +496,13 @@ fn reference_test(
     // Absolute URLs: match on the type/id tail when it has that shape.
     let tail = value.rsplit('/').take(2).collect::<Vec<_>>();
     if value.contains("://") {
-        if let [id, ty] = tail.as_slice() {
-            if carelayer_fhir::definitions::r4().is_resource_type(ty) {
-                return Ok(IndexTest::Reference {
-                    target_type: Some((*ty).to_owned()),
-                    id: (*id).to_owned(),
-                });
-            }
+        if let [id, ty] = tail.as_slice()
+            && carelayer_fhir::definitions::r4().is_resource_type(ty)
+        {
+            return Ok(IndexTest::Reference {
+                target_type: Some((*ty).to_owned()),
+                id: (*id).to_owned(),
+            });
         }
         return Ok(IndexTest::ReferenceUrl(value.to_owned()));
     }
@@ -505,9 +512,8 @@ fn reference_test(
             id: id.to_owned(),
         }),
         None => {
-            let target_type = typed.or_else(|| {
-                (info.targets.len() == 1).then(|| info.targets[0].clone())
-            });
+            let target_type =
+                typed.or_else(|| (info.targets.len() == 1).then(|| info.targets[0].clone()));
             Ok(IndexTest::Reference {
                 target_type,
                 id: value.to_owned(),
@@ -525,16 +531,15 @@ fn split_escaped(value: &str, separator: char) -> Vec<String> {
     let mut parts = vec![String::new()];
     let mut chars = value.chars().peekable();
     while let Some(c) = chars.next() {
-        if c == '\\' {
-            if let Some(&next) = chars.peek() {
-                if next == separator || next == '\\' || next == '|' || next == '$' || next == ',' {
-                    if let Some(last) = parts.last_mut() {
-                        last.push(next);
-                    }
-                    chars.next();
-                    continue;
-                }
+        if c == '\\'
+            && let Some(&next) = chars.peek()
+            && (next == separator || matches!(next, '\\' | '|' | '$' | ','))
+        {
+            if let Some(last) = parts.last_mut() {
+                last.push(next);
             }
+            chars.next();
+            continue;
         }
         if c == separator {
             parts.push(String::new());
@@ -558,10 +563,10 @@ fn split_prefix(value: &str) -> (Prefix, &str) {
         ("ap", Prefix::Ap),
     ];
     for (text, prefix) in prefixes {
-        if let Some(rest) = value.strip_prefix(text) {
-            if rest.starts_with(|c: char| c.is_ascii_digit() || c == '-') {
-                return (prefix, rest);
-            }
+        if let Some(rest) = value.strip_prefix(text)
+            && rest.starts_with(|c: char| c.is_ascii_digit() || c == '-')
+        {
+            return (prefix, rest);
         }
     }
     (Prefix::Eq, value)
@@ -593,6 +598,23 @@ fn number_range(name: &str, text: &str) -> Result<(f64, f64, f64), RecordsError>
     Ok((value, value - half, value + half))
 }
 
+/// The search parameters this server can run for a type: `(code, type, definition url)`.
+#[must_use]
+pub fn supported_search_params(resource_type: &str) -> Vec<(String, &'static str, String)> {
+    defs::registry()
+        .params_for(resource_type)
+        .filter(|p| !matches!(p.param_type(), ParamType::Composite | ParamType::Special))
+        .filter(|p| p.is_supported())
+        .map(|p| {
+            (
+                p.code().to_owned(),
+                p.param_type().as_str(),
+                p.url().to_owned(),
+            )
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -600,9 +622,14 @@ mod tests {
     #[test]
     fn query_strings() {
         assert_eq!(
-            parse_query_string("identifier=https%3A%2F%2Ffhir.nhs.uk%2FId%2Fnhs-number%7C9434765919&name=a+b"),
+            parse_query_string(
+                "identifier=https%3A%2F%2Ffhir.nhs.uk%2FId%2Fnhs-number%7C9434765919&name=a+b"
+            ),
             vec![
-                ("identifier".into(), "https://fhir.nhs.uk/Id/nhs-number|9434765919".into()),
+                (
+                    "identifier".into(),
+                    "https://fhir.nhs.uk/Id/nhs-number|9434765919".into()
+                ),
                 ("name".into(), "a b".into())
             ]
         );
@@ -611,11 +638,32 @@ mod tests {
 
     #[test]
     fn tokens() {
-        assert_eq!(token_test("a|b"), IndexTest::Token { system: Some(Some("a".into())), code: "b".into() });
-        assert_eq!(token_test("|b"), IndexTest::Token { system: Some(None), code: "b".into() });
+        assert_eq!(
+            token_test("a|b"),
+            IndexTest::Token {
+                system: Some(Some("a".into())),
+                code: "b".into()
+            }
+        );
+        assert_eq!(
+            token_test("|b"),
+            IndexTest::Token {
+                system: Some(None),
+                code: "b".into()
+            }
+        );
         assert_eq!(token_test("a|"), IndexTest::TokenSystem("a".into()));
-        assert_eq!(token_test("b"), IndexTest::Token { system: None, code: "b".into() });
-        assert_eq!(split_values(r"a\,b,c"), vec!["a,b".to_owned(), "c".to_owned()]);
+        assert_eq!(
+            token_test("b"),
+            IndexTest::Token {
+                system: None,
+                code: "b".into()
+            }
+        );
+        assert_eq!(
+            split_values(r"a\,b,c"),
+            vec!["a,b".to_owned(), "c".to_owned()]
+        );
     }
 
     #[test]
@@ -628,15 +676,4 @@ mod tests {
         assert_eq!(split_prefix("ge2020"), (Prefix::Ge, "2020"));
         assert_eq!(split_prefix("2020"), (Prefix::Eq, "2020"));
     }
-}
-
-/// The search parameters this server can run for a type: `(code, type, definition url)`.
-#[must_use]
-pub fn supported_search_params(resource_type: &str) -> Vec<(String, &'static str, String)> {
-    defs::registry()
-        .params_for(resource_type)
-        .filter(|p| !matches!(p.param_type(), ParamType::Composite | ParamType::Special))
-        .filter(|p| p.is_supported())
-        .map(|p| (p.code().to_owned(), p.param_type().as_str(), p.url().to_owned()))
-        .collect()
 }

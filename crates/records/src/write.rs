@@ -100,8 +100,12 @@ impl WriteEntry {
     fn err(&self, e: RecordsError) -> RecordsError {
         match &self.location {
             Some(loc) => match e {
-                RecordsError::MultipleMatches(m) => RecordsError::MultipleMatches(format!("{loc}: {m}")),
-                RecordsError::VersionConflict(m) => RecordsError::VersionConflict(format!("{loc}: {m}")),
+                RecordsError::MultipleMatches(m) => {
+                    RecordsError::MultipleMatches(format!("{loc}: {m}"))
+                }
+                RecordsError::VersionConflict(m) => {
+                    RecordsError::VersionConflict(format!("{loc}: {m}"))
+                }
                 RecordsError::NotFound(m) => RecordsError::NotFound(format!("{m} ({loc})")),
                 other => other.within(&format!("{loc}.resource")),
             },
@@ -308,7 +312,15 @@ impl Records {
                 continue;
             };
             let outcome = self
-                .plan_entry(caller, entry, target, &full_urls, resolve_references, now, &mut writes)
+                .plan_entry(
+                    caller,
+                    entry,
+                    target,
+                    &full_urls,
+                    resolve_references,
+                    now,
+                    &mut writes,
+                )
                 .await
                 .map_err(|e| entry.err(e))?;
             outcomes[i] = Some(outcome);
@@ -325,7 +337,11 @@ impl Records {
         let ty = &entry.resource_type;
         Ok(match (entry.method, &entry.target) {
             (Method::Post, _) => match &entry.if_none_exist {
-                Some(query) => match self.conditional_matches(ty, query, writes).await?.as_slice() {
+                Some(query) => match self
+                    .conditional_matches(ty, query, writes)
+                    .await?
+                    .as_slice()
+                {
                     [] => Resolved::Target(new_id()),
                     [id] => Resolved::Existing(id.clone()),
                     _ => return Err(multiple(ty, query, "create")),
@@ -334,7 +350,9 @@ impl Records {
             },
             (_, Some(Conditional::Id(id))) => {
                 if !is_valid_id(id) {
-                    return Err(RecordsError::BadRequest(format!("'{id}' is not a valid FHIR id")));
+                    return Err(RecordsError::BadRequest(format!(
+                        "'{id}' is not a valid FHIR id"
+                    )));
                 }
                 Resolved::Target(id.clone())
             }
@@ -354,12 +372,16 @@ impl Records {
                         return Err(RecordsError::NotFound(format!("{ty}?{query}")));
                     }
                     (_, [id]) => {
-                        if let Some(body_id) = entry.resource.as_ref().and_then(|r| r.get("id")).and_then(Value::as_str) {
-                            if body_id != id {
-                                return Err(RecordsError::BadRequest(format!(
-                                    "the resource's id '{body_id}' differs from the matched {ty}/{id}"
-                                )));
-                            }
+                        if let Some(body_id) = entry
+                            .resource
+                            .as_ref()
+                            .and_then(|r| r.get("id"))
+                            .and_then(Value::as_str)
+                            && body_id != id
+                        {
+                            return Err(RecordsError::BadRequest(format!(
+                                "the resource's id '{body_id}' differs from the matched {ty}/{id}"
+                            )));
                         }
                         Resolved::Target(id.clone())
                     }
@@ -513,10 +535,15 @@ impl Records {
             }
         };
         if resolve_references {
-            self.rewrite_references(&mut resource, full_urls, writes).await?;
+            self.rewrite_references(&mut resource, full_urls, writes)
+                .await?;
         }
         let (write, _) = stamp(resource, ty, &id, next_version, now)?;
-        let policy_action = if live.is_some() { Action::Update } else { Action::Create };
+        let policy_action = if live.is_some() {
+            Action::Update
+        } else {
+            Action::Create
+        };
         let decision = self
             .permit(caller, policy_action, ty, write.patient_key.as_deref())
             .await?;
@@ -601,7 +628,11 @@ impl Records {
                 )));
             } else if let Some((ty, query)) = conditional_reference(&reference) {
                 check_type(ty)?;
-                match self.conditional_matches(ty, query, writes).await?.as_slice() {
+                match self
+                    .conditional_matches(ty, query, writes)
+                    .await?
+                    .as_slice()
+                {
                     [id] => format!("{ty}/{id}"),
                     [] => {
                         return Err(RecordsError::BadRequest(format!(
@@ -668,7 +699,9 @@ pub(crate) fn check_resource(
             }
         }
         if !is_valid_id(id) {
-            return Err(RecordsError::BadRequest(format!("'{id}' is not a valid FHIR id")));
+            return Err(RecordsError::BadRequest(format!(
+                "'{id}' is not a valid FHIR id"
+            )));
         }
     }
     prepare::validate(resource)?;
@@ -685,8 +718,9 @@ fn apply_patch(
         .patch
         .as_ref()
         .ok_or_else(|| RecordsError::BadRequest("a patch needs a JSON Patch body".into()))?;
-    let mut doc: Value = serde_json::from_slice(&live.json)
-        .map_err(|e| RecordsError::Store(StoreError::Other(format!("stored JSON unreadable: {e}"))))?;
+    let mut doc: Value = serde_json::from_slice(&live.json).map_err(|e| {
+        RecordsError::Store(StoreError::Other(format!("stored JSON unreadable: {e}")))
+    })?;
     json_patch::patch(&mut doc, patch)
         .map_err(|e| RecordsError::BadRequest(format!("the JSON Patch cannot be applied: {e}")))?;
     if doc.get("resourceType").and_then(Value::as_str) != Some(resource_type)
@@ -701,7 +735,11 @@ fn apply_patch(
 }
 
 /// Every `reference` string in the resource, with its JSON path.
-fn collect_references(value: &Value, path: &mut Vec<PathStep>, out: &mut Vec<(Vec<PathStep>, String)>) {
+fn collect_references(
+    value: &Value,
+    path: &mut Vec<PathStep>,
+    out: &mut Vec<(Vec<PathStep>, String)>,
+) {
     match value {
         Value::Object(map) => {
             for (key, child) in map {
@@ -757,9 +795,15 @@ mod tests {
         assert_eq!(found.len(), 2);
         *pointer_mut(&mut r, &found[0].0).unwrap() = json!("Patient/abc");
         assert_eq!(r["subject"]["reference"], "Patient/abc");
-        assert_eq!(conditional_reference("Practitioner?identifier=x"), Some(("Practitioner", "identifier=x")));
+        assert_eq!(
+            conditional_reference("Practitioner?identifier=x"),
+            Some(("Practitioner", "identifier=x"))
+        );
         assert_eq!(conditional_reference("http://x/Patient?a=b"), None);
-        assert_eq!(strip_type_prefix("Patient", "Patient?identifier=1"), "identifier=1");
+        assert_eq!(
+            strip_type_prefix("Patient", "Patient?identifier=1"),
+            "identifier=1"
+        );
         assert_eq!(strip_type_prefix("Patient", "identifier=1"), "identifier=1");
     }
 }

@@ -23,10 +23,18 @@ pub(crate) async fn history(
         match key.as_str() {
             "_since" => request.since = Some(clock::parse_instant(value).map_err(bad)?),
             "_count" => {
-                request.count = Some(value.parse().map_err(|_| bad(format!("_count '{value}' is not a whole number")))?);
+                request.count = Some(
+                    value
+                        .parse()
+                        .map_err(|_| bad(format!("_count '{value}' is not a whole number")))?,
+                );
             }
             "_page" => {
-                request.before_seq = Some(value.parse().map_err(|_| bad(format!("_page '{value}' is not a paging token of this server")))?);
+                request.before_seq = Some(value.parse().map_err(|_| {
+                    bad(format!(
+                        "_page '{value}' is not a paging token of this server"
+                    ))
+                })?);
             }
             "_format" | "_pretty" => {}
             other => {

@@ -35,8 +35,11 @@ pub(crate) async fn root_redirect() -> Redirect {
 }
 
 pub(crate) async fn not_found(uri: Uri) -> Response {
-    ApiError::RouteNotFound(format!("no such endpoint: {}; the FHIR base is /fhir", uri.path()))
-        .into_response()
+    ApiError::RouteNotFound(format!(
+        "no such endpoint: {}; the FHIR base is /fhir",
+        uri.path()
+    ))
+    .into_response()
 }
 
 /// Route a request under `/fhir`.
@@ -136,11 +139,16 @@ async fn route(
 /// Resource types start with an upper-case letter; anything else under the
 /// base is an unknown endpoint, not an unknown type.
 fn is_type_like(segment: &str) -> bool {
-    segment.chars().next().is_some_and(|c| c.is_ascii_uppercase())
+    segment
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_uppercase())
 }
 
 fn is_known_shape(segments: &[&str]) -> bool {
-    segments.first().is_some_and(|s| is_type_like(s) || *s == "metadata" || *s == "_history")
+    segments
+        .first()
+        .is_some_and(|s| is_type_like(s) || *s == "metadata" || *s == "_history")
 }
 
 /// Parse the body as UTF-8 form parameters (`_search` via POST).

@@ -20,7 +20,11 @@ pub(crate) async fn search_post(ctx: Ctx, ty: Option<&str>) -> Result<Response, 
     run(ctx, ty, params).await
 }
 
-async fn run(ctx: Ctx, ty: Option<&str>, params: Vec<(String, String)>) -> Result<Response, ApiError> {
+async fn run(
+    ctx: Ctx,
+    ty: Option<&str>,
+    params: Vec<(String, String)>,
+) -> Result<Response, ApiError> {
     let request = SearchRequest {
         resource_type: ty.map(str::to_owned),
         params,

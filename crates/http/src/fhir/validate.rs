@@ -25,7 +25,9 @@ pub(crate) async fn validate(ctx: Ctx, ty: &str) -> Result<Response, ApiError> {
             let body = serde_json::to_vec(&operation_outcome(&issues)).unwrap_or_default();
             Ok(response::fhir_json(StatusCode::OK, body))
         }
-        Err(RecordsError::Invalid(issues)) => Ok(outcome_response(StatusCode::BAD_REQUEST, &issues)),
+        Err(RecordsError::Invalid(issues)) => {
+            Ok(outcome_response(StatusCode::BAD_REQUEST, &issues))
+        }
         Err(RecordsError::BusinessRule(issues)) => {
             Ok(outcome_response(StatusCode::UNPROCESSABLE_ENTITY, &issues))
         }

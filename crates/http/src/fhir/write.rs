@@ -49,7 +49,10 @@ fn outcome_response(ctx: &Ctx, outcome: &WriteOutcome) -> Response {
             v,
             &ctx.base,
             ctx.prefer.return_pref,
-            matches!(outcome.status, WriteStatus::Created | WriteStatus::Updated | WriteStatus::Existing),
+            matches!(
+                outcome.status,
+                WriteStatus::Created | WriteStatus::Updated | WriteStatus::Existing
+            ),
         ),
         Some(v) => {
             let mut r = status.into_response();

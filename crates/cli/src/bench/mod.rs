@@ -1,0 +1,159 @@
+//! `carelayer bench`: a load generator for the FHIR API.
+//!
+//! By default it starts a server in this process on a temporary SQLite
+//! database (policy and audit on, as always: they are part of the request
+//! path) on `127.0.0.1:0`; `--server URL` aims it at a running server instead.
+//! It then runs each workload with `--clients` concurrent clients for
+//! `--seconds` (or `--requests` in total) and reports, per workload,
+//! requests, req/s, p50/p99/max latency, errors and the peak RSS of this
+//! process, as a table on stdout and optionally as JSON (`--json FILE`).
+//!
+//! Map:
+//! - [`BenchArgs`]: the command line.
+//! - `target`: the server under test (in-process or remote).
+//! - `synth`: realistic synthetic UK content (999-range NHS numbers with
+//!   valid check digits, ODS-coded practices, LOINC-coded observations).
+//! - `workload`: what one request of a workload is (`create`, `read`); new
+//!   workloads (search, transaction, `$everything`) implement [`workload::Workload`].
+//! - `driver`: runs a workload with N clients and measures it.
+//! - `report`: the table, the JSON, peak RSS.
+
+mod driver;
+mod report;
+mod synth;
+mod target;
+mod workload;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::Args;
+
+use crate::bench::driver::Limit;
+use crate::bench::report::{Report, WorkloadResult};
+use crate::bench::target::Target;
+use crate::bench::workload::{Created, Workload};
+
+/// `carelayer bench` options.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Benchmark a running server at this FHIR base URL
+    /// (`http://HOST:PORT/fhir`) instead of one started in this process.
+    #[arg(long)]
+    pub server: Option<String>,
+    /// Database of the in-process server (default: a temporary SQLite file,
+    /// removed afterwards).
+    #[arg(long)]
+    pub database: Option<String>,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 32)]
+    pub clients: usize,
+    /// How long each workload runs, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+    /// Run each workload for this many requests in total instead of
+    /// `--seconds`.
+    #[arg(long)]
+    pub requests: Option<u64>,
+    /// Workloads to run, in order (`create`, `read`).
+    #[arg(long, value_delimiter = ',', default_value = "create,read")]
+    pub workloads: Vec<String>,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// A tiny run (2 s per workload, 4 clients) to check the harness works.
+    #[arg(long)]
+    pub quick: bool,
+}
+
+/// Workloads this harness knows.
+pub const WORKLOADS: &[&str] = &["create", "read"];
+
+/// Run the benchmark.
+///
+/// # Errors
+/// Bad arguments, a server that cannot be started or reached.
+pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
+    if args.quick {
+        args.clients = args.clients.min(4);
+        args.seconds = args.seconds.min(2.0);
+        if let Some(n) = args.requests.as_mut() {
+            *n = (*n).min(400);
+        }
+    }
+    if args.clients == 0 {
+        bail!("--clients must be at least 1");
+    }
+    if !(args.seconds > 0.0 && args.seconds.is_finite()) {
+        bail!("--seconds must be a positive number");
+    }
+    for w in &args.workloads {
+        if !WORKLOADS.contains(&w.as_str()) {
+            bail!("unknown workload '{w}'; known: {}", WORKLOADS.join(", "));
+        }
+    }
+    let limit = match args.requests {
+        Some(0) => bail!("--requests must be at least 1"),
+        Some(n) => Limit::Requests(n),
+        None => Limit::Duration(Duration::from_secs_f64(args.seconds)),
+    };
+
+    let target = Target::start(args.server.as_deref(), args.database.as_deref()).await?;
+    let client = driver::client(args.clients)?;
+    eprintln!(
+        "bench: {} at {} with {} clients, {} per workload",
+        target.description(),
+        target.base_url(),
+        args.clients,
+        limit.describe()
+    );
+
+    let created = Arc::new(Created::default());
+    let mut report = Report::new(&target, args.clients, &limit);
+    for name in &args.workloads {
+        let workload: Arc<dyn Workload> = match name.as_str() {
+            "create" => Arc::new(workload::Create::new(Arc::clone(&created))),
+            _ => {
+                if created.len() < workload::MIN_READ_POOL {
+                    // Reads need something to read: seed a pool first (not measured).
+                    let seed = Arc::new(workload::Create::new(Arc::clone(&created)));
+                    let missing = (workload::MIN_READ_POOL - created.len()) as u64;
+                    driver::run(
+                        &client,
+                        target.base_url(),
+                        seed,
+                        args.clients,
+                        &Limit::Requests(missing),
+                    )
+                    .await;
+                }
+                Arc::new(workload::Read::new(Arc::clone(&created)))
+            }
+        };
+        let data_size = created.len();
+        let stats = driver::run(
+            &client,
+            target.base_url(),
+            Arc::clone(&workload),
+            args.clients,
+            &limit,
+        )
+        .await;
+        report.push(WorkloadResult::new(
+            workload.name(),
+            &target,
+            data_size,
+            &stats,
+        ));
+    }
+    target.stop().await?;
+
+    print!("{}", report.table());
+    if let Some(path) = &args.json {
+        report.write_json(path)?;
+        eprintln!("bench: results written to {}", path.display());
+    }
+    Ok(())
+}
