@@ -101,9 +101,10 @@ impl Default for SqliteOptions {
 /// The embedded SQLite store. Cheap to share behind an `Arc`.
 pub struct SqliteStore {
     path: PathBuf,
-    /// Submissions to the writer thread. `std` mpsc because the receiving end
-    /// is a plain thread that blocks; `Sender` is `Sync`, so no lock is needed.
-    tx: mpsc::Sender<Job>,
+    /// Submissions to the writer thread. Bounded, so an overloaded writer
+    /// pushes back on callers (their `send` waits) instead of queueing
+    /// without limit; the writer thread receives with `blocking_recv`.
+    tx: tokio::sync::mpsc::Sender<Job>,
     /// Set by `close`: refuse new work before flushing what is queued.
     closed: AtomicBool,
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -144,8 +145,8 @@ impl SqliteStore {
         // Open the readers now so a bad path fails here, not on first read.
         readers.warm()?;
         let checkpointer = start_checkpointer(path, &options)?;
-        let (tx, rx) = mpsc::channel();
-        let max_batch = options.max_batch;
+        let max_batch = options.max_batch.max(1);
+        let (tx, rx) = tokio::sync::mpsc::channel(max_batch.saturating_mul(4));
         let handle = std::thread::Builder::new()
             .name("carelayer-sqlite-writer".into())
             .spawn(move || writer::run(conn, rx, head, max_batch))
@@ -180,7 +181,7 @@ impl SqliteStore {
             return Err(gone());
         }
         let (reply, rx) = oneshot::channel();
-        self.tx.send(make(reply)).map_err(|_| gone())?;
+        self.tx.send(make(reply)).await.map_err(|_| gone())?;
         rx.await.map_err(|_| gone())?
     }
 }
@@ -341,7 +342,7 @@ impl Store for SqliteStore {
             return;
         }
         let (reply, done) = oneshot::channel();
-        if self.tx.send(Job::Close(reply)).is_ok() {
+        if self.tx.send(Job::Close(reply)).await.is_ok() {
             let _ = done.await;
         }
         let handle = self.writer.lock().ok().and_then(|mut h| h.take());

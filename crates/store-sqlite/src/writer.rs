@@ -13,12 +13,12 @@
 //! restores it if the job rolls back; a failed COMMIT restores the batch's
 //! starting head.
 
-use std::sync::mpsc::{Receiver, TryRecvError};
-
 use carelayer_audit::{AuditRecord, GENESIS_HASH, canonical_bytes, chain_hash_bytes};
 use carelayer_fhir::search::{IndexEntry, IndexValue};
 use carelayer_store::{CommitReceipt, Precondition, ResourceWrite, StoreError, WriteSet};
 use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::mpsc::Receiver;
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::oneshot;
 
 use crate::error::sql_err;
@@ -65,11 +65,13 @@ pub(crate) fn load_head(conn: &Connection) -> Result<Head, StoreError> {
 
 /// The writer thread's body. Returns when a `Close` job is done or every
 /// sender is gone.
-pub(crate) fn run(conn: Connection, rx: Receiver<Job>, mut head: Head, max_batch: usize) {
+pub(crate) fn run(conn: Connection, mut rx: Receiver<Job>, mut head: Head, max_batch: usize) {
     let max_batch = max_batch.max(1);
     let mut batch: Vec<Job> = Vec::with_capacity(max_batch);
     loop {
-        let Ok(first) = rx.recv() else { return };
+        let Some(first) = rx.blocking_recv() else {
+            return;
+        };
         batch.push(first);
         let mut closing = None;
         while batch.len() < max_batch {
