@@ -244,6 +244,15 @@ pub fn encode_query_component(s: &str) -> String {
     utf8_percent_encode(s, QUERY).to_string()
 }
 
+/// `?a=1&b=2`, or nothing when there are no parameters.
+fn query_suffix(params: &[(String, String)]) -> String {
+    if params.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", query_string(params))
+    }
+}
+
 fn query_string(params: &[(String, String)]) -> String {
     params
         .iter()
@@ -274,7 +283,7 @@ pub fn render_searchset(
         self_params.push(("_offset".into(), outcome.offset.to_string()));
         self_params.push(("_snapshot".into(), outcome.snapshot_seq.to_string()));
     }
-    let mut links = vec![("self", format!("{path}?{}", query_string(&self_params)))];
+    let mut links = vec![("self", format!("{path}{}", query_suffix(&self_params)))];
     if let Some(next) = outcome.next_offset {
         let mut next_params: Vec<(String, String)> = outcome
             .applied
@@ -329,7 +338,7 @@ pub fn render_history(
         .filter(|(k, _)| k != "_page")
         .cloned()
         .collect();
-    let mut links = vec![("self", format!("{here}?{}", query_string(params)))];
+    let mut links = vec![("self", format!("{here}{}", query_suffix(params)))];
     if let Some(cursor) = page.next_before_seq {
         let mut next = kept.clone();
         next.push(("_page".into(), cursor.to_string()));
