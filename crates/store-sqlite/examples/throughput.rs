@@ -127,6 +127,30 @@ async fn main() {
         f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
             + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
     };
+    // CPU of the named thread (clock ticks): is the writer the bottleneck?
+    let thread_cpu = |name: &str| -> u64 {
+        let mut total = 0;
+        for task in std::fs::read_dir("/proc/self/task")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if comm.trim() == name {
+                let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+                let f: Vec<&str> = stat
+                    .rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .split_whitespace()
+                    .collect();
+                total += f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+                    + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+            }
+        }
+        total
+    };
+    let writer0 = thread_cpu("carelayer-sqlit");
     let cpu0 = cpu();
 
     let done = Arc::new(AtomicU64::new(0));
@@ -168,6 +192,12 @@ async fn main() {
         n as f64 / el
     );
     let cpu1 = cpu();
+    let writer1 = thread_cpu("carelayer-sqlit");
+    println!(
+        "  writer thread CPU: {:.1} µs per create, busy {:.0}% of wall time",
+        (writer1 - writer0) as f64 * 10_000.0 / n as f64,
+        (writer1 - writer0) as f64 / 100.0 / el * 100.0
+    );
     println!(
         "  process CPU per create: {:.1} µs",
         (cpu1 - cpu0) as f64 * 10_000.0 / n as f64
@@ -207,6 +237,12 @@ async fn main() {
     println!(
         "  process CPU per read+audit: {:.1} µs",
         (cpu() - cpu1) as f64 * 10_000.0 / n as f64
+    );
+    let writer2 = thread_cpu("carelayer-sqlit");
+    println!(
+        "  writer thread CPU: {:.1} µs per audit append, busy {:.0}% of wall time",
+        (writer2 - writer1) as f64 * 10_000.0 / n as f64,
+        (writer2 - writer1) as f64 / 100.0 / el * 100.0
     );
 
     let rows = store.audit_rows(0, usize::MAX).await.unwrap();
