@@ -7,7 +7,7 @@
 //! - `schema`: the migrations this crate owns (`schema_version` table) and the
 //!   table shapes, with the reasons for them.
 //! - `writer`: the one writer thread; group commit of queued write sets and
-//!   audit appends in one transaction with a savepoint per job; the in-memory
+//!   audit appends in one transaction (no per-job savepoints); the in-memory
 //!   audit chain head.
 //! - `read`: the reader connection pool and the read queries.
 //! - `search`: `SearchQuery` → SQL over the index tables (bound parameters only).

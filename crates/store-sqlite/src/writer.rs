@@ -2,16 +2,16 @@
 //!
 //! SQLite allows one writer at a time, and every commit in `synchronous=FULL`
 //! costs an fsync. So one thread owns the write connection, drains whatever
-//! is queued (up to `max_batch` jobs), runs the batch as ONE transaction with a
-//! SAVEPOINT per job, commits once, then answers every job. A job whose
-//! precondition fails is rolled back to its savepoint alone. Throughput then
+//! is queued (up to `max_batch` jobs), runs the batch as ONE transaction,
+//! commits once, then answers every job. A job whose precondition fails is
+//! skipped (it has written nothing yet); see `run_batch` for the rare job
+//! that fails mid-write. Throughput then
 //! scales with the number of waiting clients instead of being capped at one
 //! fsync per request.
 //!
 //! The audit chain head (last seq and hash) lives here, in memory, loaded at
-//! open: appending needs no read. Each job snapshots it before running and
-//! restores it if the job rolls back; a failed COMMIT restores the batch's
-//! starting head.
+//! open: appending needs no read. A rolled-back attempt or a failed COMMIT
+//! restores the batch's starting head.
 
 use carelayer_audit::{AuditRecord, GENESIS_HASH, canonical_bytes, chain_hash_bytes};
 use carelayer_fhir::search::{IndexEntry, IndexValue};
@@ -103,46 +103,57 @@ pub(crate) fn run(conn: Connection, mut rx: Receiver<Job>, mut head: Head, max_b
     }
 }
 
-/// The result a job will be answered with once the batch commits.
-enum Outcome {
-    Commit(Result<CommitReceipt, StoreError>),
-    Audit(Result<(), StoreError>),
+/// How an attempt at a batch ended early.
+enum Abort {
+    /// Job `.0` failed after it had written: roll everything back, answer it
+    /// with the error and run the rest of the batch again.
+    Job(usize, StoreError),
+    /// The transaction itself failed (BEGIN/COMMIT): every job gets the error.
+    Batch(StoreError),
 }
 
+/// Run a batch to completion and answer every job.
+///
+/// No savepoints: they would copy every page a job touches into the
+/// sub-journal, the largest cost of a small write. Preconditions are checked
+/// before a job writes anything, so a failed precondition needs no rollback.
+/// A job that fails *while writing* (rare: a racing duplicate version, I/O)
+/// rolls back the whole transaction and the batch is retried without it.
 fn run_batch(conn: &Connection, batch: &mut Vec<Job>, head: &mut Head) {
     let start = *head;
-    let outcomes = match run_in_transaction(conn, batch, head) {
-        Ok(outcomes) => outcomes,
-        Err(e) => {
-            // Nothing of the batch is durable: undo the in-memory head too.
-            let _ = conn.execute_batch("ROLLBACK");
-            *head = start;
-            tracing::warn!(error = %e, jobs = batch.len(), "sqlite batch failed");
-            batch
-                .iter()
-                .map(|j| match j {
-                    Job::Commit(..) => Outcome::Commit(Err(clone_err(&e))),
-                    _ => Outcome::Audit(Err(clone_err(&e))),
-                })
-                .collect()
+    let mut failed: Vec<Option<StoreError>> = batch.iter().map(|_| None).collect();
+    let results = loop {
+        match attempt(conn, batch, &failed, head) {
+            Ok(results) => break results,
+            Err(abort) => {
+                // Nothing of this attempt is durable: undo the in-memory head too.
+                if !conn.is_autocommit() {
+                    let _ = conn.execute_batch("ROLLBACK");
+                }
+                *head = start;
+                match abort {
+                    Abort::Job(i, e) => {
+                        if let Some(slot) = failed.get_mut(i) {
+                            *slot = Some(e);
+                        }
+                    }
+                    Abort::Batch(e) => {
+                        tracing::warn!(error = %e, jobs = batch.len(), "sqlite batch failed");
+                        break batch.iter().map(|_| Err(clone_err(&e))).collect();
+                    }
+                }
+            }
         }
     };
-    for (job, outcome) in batch.drain(..).zip(outcomes) {
-        match (job, outcome) {
-            (Job::Commit(_, reply), Outcome::Commit(r)) => {
-                let _ = reply.send(r);
+    for (job, result) in batch.drain(..).zip(results) {
+        match job {
+            Job::Commit(_, reply) => {
+                let _ = reply.send(result);
             }
-            (Job::Audit(_, reply), Outcome::Audit(r)) => {
-                let _ = reply.send(r);
+            Job::Audit(_, reply) => {
+                let _ = reply.send(result.map(|_| ()));
             }
-            (Job::Commit(_, reply), Outcome::Audit(Err(e))) => {
-                let _ = reply.send(Err(e));
-            }
-            (Job::Audit(_, reply), Outcome::Commit(Err(e))) => {
-                let _ = reply.send(Err(e));
-            }
-            // Shapes always match (built from the same batch in order).
-            _ => {}
+            Job::Close(_) => {}
         }
     }
 }
@@ -156,47 +167,54 @@ fn clone_err(e: &StoreError) -> StoreError {
     }
 }
 
-/// BEGIN, one savepoint per job, COMMIT. An `Err` means the whole batch failed.
-fn run_in_transaction(
+const NO_WRITES: CommitReceipt = CommitReceipt { first_seq: 0 };
+
+/// One transaction over the jobs not already failed.
+fn attempt(
     conn: &Connection,
     batch: &[Job],
+    failed: &[Option<StoreError>],
     head: &mut Head,
-) -> Result<Vec<Outcome>, StoreError> {
-    conn.execute_batch("BEGIN IMMEDIATE").map_err(sql_err)?;
-    let mut outcomes = Vec::with_capacity(batch.len());
-    for job in batch {
-        let saved = *head;
-        conn.execute_batch("SAVEPOINT job").map_err(sql_err)?;
-        let result = match job {
-            Job::Commit(ws, _) => apply_write_set(conn, ws, head).map(Some),
-            Job::Audit(records, _) => append(conn, records, head).map(|()| None),
-            Job::Close(_) => Ok(None),
-        };
-        if result.is_err() {
-            conn.execute_batch("ROLLBACK TO job").map_err(sql_err)?;
-            *head = saved;
+) -> Result<Vec<Result<CommitReceipt, StoreError>>, Abort> {
+    conn.execute_batch("BEGIN IMMEDIATE")
+        .map_err(|e| Abort::Batch(sql_err(e)))?;
+    let mut results = Vec::with_capacity(batch.len());
+    for (i, job) in batch.iter().enumerate() {
+        if let Some(Some(e)) = failed.get(i) {
+            results.push(Err(clone_err(e)));
+            continue;
         }
-        conn.execute_batch("RELEASE job").map_err(sql_err)?;
-        outcomes.push(match job {
-            Job::Commit(..) => {
-                Outcome::Commit(result.map(|r| r.unwrap_or(CommitReceipt { first_seq: 0 })))
+        let result = match job {
+            Job::Commit(ws, _) => match ws.preconditions.iter().try_for_each(|p| check(conn, p)) {
+                Err(e) => {
+                    // SQLite rolls the whole transaction back on some errors
+                    // (I/O, full disk); never carry on in autocommit mode.
+                    if conn.is_autocommit() {
+                        return Err(Abort::Job(i, e));
+                    }
+                    Err(e)
+                }
+                Ok(()) => Ok(apply_writes(conn, ws, head).map_err(|e| Abort::Job(i, e))?),
+            },
+            Job::Audit(records, _) => {
+                append(conn, records, head).map_err(|e| Abort::Job(i, e))?;
+                Ok(NO_WRITES)
             }
-            _ => Outcome::Audit(result.map(|_| ())),
-        });
+            Job::Close(_) => Ok(NO_WRITES),
+        };
+        results.push(result);
     }
-    conn.execute_batch("COMMIT").map_err(sql_err)?;
-    Ok(outcomes)
+    conn.execute_batch("COMMIT")
+        .map_err(|e| Abort::Batch(sql_err(e)))?;
+    Ok(results)
 }
 
-/// Preconditions, then versions + index rows, then audit entries.
-fn apply_write_set(
+/// Versions + index rows, then audit entries (preconditions already hold).
+fn apply_writes(
     conn: &Connection,
     ws: &WriteSet,
     head: &mut Head,
 ) -> Result<CommitReceipt, StoreError> {
-    for p in &ws.preconditions {
-        check(conn, p)?;
-    }
     let mut first_seq = 0;
     for (i, w) in ws.resources.iter().enumerate() {
         let seq = write_resource(conn, w)?;

@@ -58,6 +58,7 @@ macro_rules! contract_tests {
             audit_atomic_with_writes,
             concurrent_commits_no_lost_updates,
             concurrent_audit_appends,
+            failed_write_does_not_disturb_others,
             count_by_type,
         );
     };
@@ -1884,6 +1885,59 @@ pub async fn concurrent_audit_appends(store: &dyn Store) {
         let b = pair[1].detail.clone().unwrap();
         assert_eq!(a.trim_end_matches("-a"), b.trim_end_matches("-b"));
     }
+}
+
+/// A write set that fails while writing (here: a version that already exists,
+/// with no precondition to catch it first) fails alone; write sets and audit
+/// appends submitted alongside it commit, and the chain stays whole.
+pub async fn failed_write_does_not_disturb_others(store: &dyn Store) {
+    put(store, write("Patient", "p1", 1, vec![])).await;
+    let with_audit = |w: ResourceWrite, d: &str| WriteSet {
+        preconditions: vec![],
+        resources: vec![w],
+        audit: vec![audit(d)],
+    };
+    let results = futures::future::join_all(vec![
+        store.commit(with_audit(
+            write("Patient", "a", 1, vec![tok("gender", None, "male")]),
+            "a",
+        )),
+        store.commit(WriteSet {
+            preconditions: vec![],
+            resources: vec![
+                write("Patient", "b0", 1, vec![]),
+                write("Patient", "p1", 1, vec![]),
+            ],
+            audit: vec![audit("dup")],
+        }),
+        store.commit(with_audit(write("Patient", "b", 1, vec![]), "b")),
+    ])
+    .await;
+    assert!(results[0].is_ok(), "{:?}", results[0]);
+    assert!(results[1].is_err());
+    assert!(results[2].is_ok(), "{:?}", results[2]);
+    store.append_audit(vec![audit("c")]).await.unwrap();
+    assert!(store.read_current("Patient", "a").await.unwrap().is_some());
+    assert!(store.read_current("Patient", "b").await.unwrap().is_some());
+    assert!(
+        store.read_current("Patient", "b0").await.unwrap().is_none(),
+        "all of the failed set is undone"
+    );
+    let q = query(
+        &["Patient"],
+        vec![vec![index(
+            "gender",
+            IndexTest::Token {
+                system: None,
+                code: "male".into(),
+            },
+        )]],
+    );
+    assert_eq!(ids(store, &q).await, sorted(&["a"]));
+    let records = verified_ledger(store).await;
+    let mut details: Vec<&str> = records.iter().filter_map(|r| r.detail.as_deref()).collect();
+    details.sort_unstable();
+    assert_eq!(details, ["a", "b", "c"]);
 }
 
 /// `count` by type and overall, excluding deleted resources.
