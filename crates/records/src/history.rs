@@ -128,7 +128,7 @@ impl Records {
                 &version.resource_type,
                 version.patient.as_deref(),
             ) {
-                Decision::Permit { purpose } => {
+                Decision::Permit { purpose, .. } => {
                     let slot = disclosed
                         .entry(version.patient.clone())
                         .or_insert_with(|| (Vec::new(), purpose));
@@ -179,7 +179,7 @@ impl Records {
                 detail,
             ));
         }
-        self.store.append_audit(records).await?;
+        self.append_read_audit(records).await?;
         Ok(shown)
     }
 }

@@ -63,6 +63,26 @@ impl Caller {
                 display: self.principal.display(),
                 ..Agent::default()
             },
+            Principal::Practitioner {
+                user_id, role, org, ..
+            } => Agent {
+                user: Some(user_id.clone()),
+                role: Some(role.code().to_owned()),
+                org: Some(org.clone()),
+                display: self.principal.display(),
+                ..Agent::default()
+            },
+            Principal::Patient { nhs_number, .. } => Agent {
+                user: Some(nhs_number.clone()),
+                display: self.principal.display(),
+                ..Agent::default()
+            },
+            Principal::System { client_id, org, .. } => Agent {
+                client: Some(client_id.clone()),
+                org: org.clone(),
+                display: self.principal.display(),
+                ..Agent::default()
+            },
         }
     }
 }
@@ -181,11 +201,7 @@ impl Records {
     ) -> Decision {
         carelayer_policy::decide(
             &caller.principal,
-            &Request {
-                action,
-                resource_type,
-                patient,
-            },
+            &Request::new(action, resource_type, patient),
             &Facts::default(),
         )
     }
@@ -225,7 +241,7 @@ impl Records {
 
 fn purpose_of(decision: &Decision) -> &str {
     match decision {
-        Decision::Permit { purpose } => purpose,
+        Decision::Permit { purpose, .. } => purpose,
         Decision::Deny { .. } => "",
     }
 }
