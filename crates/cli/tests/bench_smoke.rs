@@ -29,7 +29,7 @@ fn bench_quick_runs_create_and_read() {
     // The table: a header and one row per workload.
     let header = stdout
         .lines()
-        .position(|l| l.starts_with("server ") && l.contains("req/s") && l.contains("p99 ms"))
+        .position(|l| l.starts_with("server ") && l.contains("req/s") && l.contains("p99_ms"))
         .unwrap_or_else(|| panic!("no table header in:\n{stdout}"));
     let columns: Vec<&str> = stdout
         .lines()

@@ -364,7 +364,11 @@ fn cases() -> Vec<Case> {
             "invalid id in the URL",
             put.clone(),
             "Patient/bad_id!",
-            &with(good(), "/id", json!("bad_id!")),
+            &{
+                let mut p = good();
+                p["id"] = json!("bad_id!");
+                p
+            },
             400,
             &["invalid", "value"],
             None,

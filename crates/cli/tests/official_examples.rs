@@ -34,20 +34,33 @@ const CONCURRENCY: usize = 8;
 
 /// Outcome of each transaction/batch example Bundle posted to the base after
 /// all examples were stored: `ok` for a committed transaction, else
-/// `refused STATUS`; for a batch, the status of each entry. The reasons are
-/// in the comments.
+/// `refused STATUS`; for a batch, the status of each entry. Why each one that
+/// is not all-success fails:
 const EXPECTED_BUNDLES: &[(&str, &str)] = &[
+    // entry[0] reads Patient/example (200). entries 1-3 search with
+    // `_list=$current-medications|allergies|problems`: functional lists are
+    // an optional feature carelayer does not implement (501, not-supported).
+    // entry[4] searches `MedicationStatement?notgiven:not=true`: `notgiven`
+    // is an STU3 parameter that R4 no longer has (400, unknown parameter).
     (
         "Bundle-bundle-request-medsallergies.json",
-        "batch 200 200 200 200",
+        "batch 200 501 501 501 400",
     ),
     (
         "Bundle-bundle-request-simplesummary.json",
         "batch 200 200 200 200",
     ),
-    ("Bundle-bundle-transaction.json", "ok"),
+    // The spec's showcase transaction. entry[7] POSTs `ValueSet/$lookup`
+    // (an operation inside a transaction, not supported: 400). It could not
+    // commit anyway: entry[4] updates Patient/123a with `ifMatch: W/"2"`,
+    // which does not exist, and its conditional references use the
+    // malformed system `http:/example.org/fhir/ids`.
+    ("Bundle-bundle-transaction.json", "refused 400"),
     ("Bundle-hla-1.json", "ok"),
-    ("Bundle-ussg-fht.json", "ok"),
+    // Every entry PUTs to an absolute URL on another server
+    // (`http://hl7.org/fhir/us/sdc/Questionnaire/54127-6`); a server can only
+    // write below its own base, so the whole transaction is refused (400).
+    ("Bundle-ussg-fht.json", "refused 400"),
     ("Bundle-xds.json", "ok"),
 ];
 
@@ -256,6 +269,13 @@ fn bundle_summary(kind: &str, r: &common::Resp) -> (String, String) {
     }
 }
 
+/// The newest version in system history (`Type/id/_history/n`).
+async fn newest_version(s: &TestServer) -> Option<String> {
+    let r = s.get("_history?_count=1").await;
+    r.expect_status(200);
+    r.json["entry"].get(0).map(common::entry_version)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_examples_round_trip_and_bundles_process() {
     let known = known_invalid();
@@ -325,8 +345,24 @@ async fn official_examples_round_trip_and_bundles_process() {
         let Some(kind @ ("transaction" | "batch")) = bundle["type"].as_str() else {
             continue;
         };
+        let newest_before = newest_version(&s).await;
         let r = s.send_raw(Method::POST, "", &bytes).await;
-        let (summary, details) = bundle_summary(kind, &r);
+        let (summary, mut details) = bundle_summary(kind, &r);
+        if kind == "transaction" {
+            if summary == "ok" {
+                // Everything it wrote is readable where it says.
+                for e in r.json["entry"].as_array().into_iter().flatten() {
+                    if let Some(location) = e["response"]["location"].as_str() {
+                        let read = s.get(location).await;
+                        if read.status.as_u16() != 200 {
+                            details.push_str(&format!(" {location} unreadable: {}", read.status));
+                        }
+                    }
+                }
+            } else if newest_version(&s).await != newest_before {
+                details.push_str(" the refused transaction changed the store");
+            }
+        }
         eprintln!("{file}: {summary} {details}");
         bundle_outcomes.insert(file.to_owned(), (summary, details));
     }
@@ -334,7 +370,10 @@ async fn official_examples_round_trip_and_bundles_process() {
     let mut mismatches = Vec::new();
     for (file, (summary, details)) in &bundle_outcomes {
         match expected.get(file.as_str()) {
-            Some(e) if e == summary => {}
+            Some(e)
+                if e == summary
+                    && !details.contains("unreadable")
+                    && !details.contains("changed the store") => {}
             other => mismatches.push(format!(
                 "{file}: got '{summary}', expected {other:?}; {details}"
             )),

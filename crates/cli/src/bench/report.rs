@@ -100,11 +100,11 @@ impl Report {
             "data",
             "requests",
             "req/s",
-            "p50 ms",
-            "p99 ms",
-            "max ms",
+            "p50_ms",
+            "p99_ms",
+            "max_ms",
             "errors",
-            "peak MiB"
+            "peak_MiB"
         );
         for r in &self.results {
             let _ = writeln!(
@@ -126,7 +126,7 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "(data: resources created before the workload; peak MiB: VmHWM of the bench process{})",
+            "(data: resources created before the workload; peak_MiB: VmHWM of the bench process{})",
             if self.rss_includes_server {
                 ", server included"
             } else {
