@@ -21,14 +21,49 @@ pub fn open(url: &str) -> anyhow::Result<Arc<dyn Store>> {
         return Ok(Arc::new(store));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        bail!(
-            "the PostgreSQL backend is not part of this build yet; use the embedded default (sqlite://PATH)"
-        );
+        return Ok(Arc::new(open_postgres(url)?));
     }
     bail!(
         "unrecognised database URL '{}': use sqlite://PATH or postgres://USER@HOST:PORT/DB",
         redact(url)
     )
+}
+
+/// Connect to PostgreSQL (pool, migrations, writer task). `open` is
+/// synchronous but called from async code, so this blocks the current
+/// worker thread in place (a multi-threaded runtime keeps serving others).
+/// Settings ride in the URL: `?pool_size=N&statement_timeout=MS&max_batch=N`.
+fn open_postgres(url: &str) -> anyhow::Result<carelayer_store_postgres::PostgresStore> {
+    use carelayer_store_postgres::{PostgresOptions, PostgresStore};
+    let handle = tokio::runtime::Handle::try_current()
+        .context("the PostgreSQL backend must be opened inside a tokio runtime")?;
+    if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+        bail!("the PostgreSQL backend needs a multi-threaded tokio runtime");
+    }
+    let (clean, options) = PostgresOptions::from_url(url)
+        .with_context(|| format!("bad database URL {}", redact(url)))?;
+    tokio::task::block_in_place(|| handle.block_on(PostgresStore::connect(&clean, options)))
+        .with_context(|| format!("cannot open the PostgreSQL database {}", redact(url)))
+}
+
+/// Apply the migrations of the backend a URL names, then close it
+/// (`carelayer migrate`). Returns a line for the operator.
+///
+/// # Errors
+/// The URL names no backend, or the database cannot be reached or migrated.
+pub async fn migrate(url: &str) -> anyhow::Result<String> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let (clean, options) = carelayer_store_postgres::PostgresOptions::from_url(url)
+            .with_context(|| format!("bad database URL {}", redact(url)))?;
+        let version = carelayer_store_postgres::migrate(&clean, &options)
+            .await
+            .with_context(|| format!("cannot migrate the PostgreSQL database {}", redact(url)))?;
+        return Ok(format!("{}: schema at version {version}", redact(url)));
+    }
+    // SQLite migrates on open.
+    let store = open(url)?;
+    store.close().await;
+    Ok(format!("{}: schema up to date", redact(url)))
 }
 
 /// A URL fit for messages: any password replaced.

@@ -19,6 +19,15 @@ pub enum Command {
     /// Measure create and read throughput and latency with N concurrent
     /// clients (starts its own server on a temporary database by default).
     Bench(crate::bench::BenchArgs),
+    /// Apply the database's pending schema migrations and exit (servers also
+    /// migrate on start; this is for operators who migrate first).
+    Migrate(MigrateArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub db: DatabaseArgs,
 }
 
 /// Where the records live.

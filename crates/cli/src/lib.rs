@@ -28,5 +28,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Migrate(args) => {
+            let done = backend::migrate(&args.db.database).await?;
+            println!("{done}");
+            Ok(())
+        }
     }
 }

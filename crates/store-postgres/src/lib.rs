@@ -1,1 +1,403 @@
-//! carelayer-store-postgres (in progress)
+//! carelayer-store-postgres: the PostgreSQL backend of the `Store` trait (the
+//! server and scale-out path).
+//!
+//! # Layout
+//! - [`PostgresStore`] / [`PostgresOptions`]: connect (pool + migrations +
+//!   writer task), implement [`carelayer_store::Store`], plus
+//!   [`PostgresStore::explain`] to show the plan a search gets and
+//!   [`migrate`] for `carelayer migrate`.
+//! - `schema`: the migrations this crate owns (`schema_migrations`, applied
+//!   under an advisory lock) and the table shapes, with the reasons for them.
+//! - `writer`: the one writer task; group commit of queued write sets and
+//!   audit appends in one transaction with a savepoint per job; the
+//!   `commit_head` row that serialises commits and carries the audit chain.
+//! - `read`: point reads, history, count, audit rows, and search in one
+//!   REPEATABLE READ transaction.
+//! - `search`: `SearchQuery` → SQL over the index tables (bound parameters only).
+//! - `error`: driver/pool errors → `StoreError`.
+//!
+//! # Concurrency
+//! Writes go over a bounded channel to one writer task with its own
+//! connection pool (so readers never starve it) and are answered through a
+//! oneshot after their batch commits. Reads take a connection from the read
+//! pool. Every wait has a deadline — pool wait, connect, statement timeout
+//! (server side) and a client-side deadline per operation — so a lost or
+//! silent server yields [`StoreError::Unavailable`], never a hang; broken
+//! connections are discarded and replaced on next use, so service resumes
+//! by itself when PostgreSQL is back.
+//!
+//! # Durability
+//! A commit is acknowledged after PostgreSQL's COMMIT returns, so it is as
+//! durable as the server's `synchronous_commit` (on by default: WAL flushed;
+//! with synchronous replicas, replicated too).
+//!
+//! TLS to the database is not supported yet (`NoTls`): run PostgreSQL on
+//! loopback or a private network until it is.
+
+mod audit;
+mod error;
+mod read;
+mod schema;
+mod search;
+mod writer;
+
+use std::future::Future;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use carelayer_audit::{AuditRecord, ChainHead, Checkpoint, LedgerRow};
+use carelayer_store::{
+    AuditQuery, CommitReceipt, HistoryQuery, RawLedgerRow, SearchPage, SearchQuery, Store,
+    StoreError, StoredResource, WriteSet,
+};
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::error::{gone, pool_err, timed_out};
+use crate::writer::Job;
+
+/// Tuning knobs; the defaults suit a small server.
+#[derive(Debug, Clone)]
+pub struct PostgresOptions {
+    /// Connections for reads (the writer has its own two).
+    pub pool_size: usize,
+    /// Server-side `statement_timeout` for every statement. The client-side
+    /// deadline of an operation is twice this (plus connecting), so the
+    /// server normally cancels first and reports why.
+    pub statement_timeout: Duration,
+    /// How long to wait for a connection (from the pool or a new one).
+    pub connect_timeout: Duration,
+    /// Most jobs folded into one write transaction.
+    pub max_batch: usize,
+    /// `application_name` shown in `pg_stat_activity`.
+    pub application_name: String,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+        Self {
+            pool_size: cores * 4,
+            statement_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            max_batch: 256,
+            application_name: "carelayer".into(),
+        }
+    }
+}
+
+impl PostgresOptions {
+    /// Split carelayer's own settings out of a database URL's query string:
+    /// `pool_size=N`, `statement_timeout=MS` (milliseconds, or with an `s` /
+    /// `ms` suffix) and `max_batch=N`. Returns the URL without them (every
+    /// other parameter, e.g. `connect_timeout` or `application_name`, is left
+    /// for the driver) and the defaults with them applied. Why in the URL:
+    /// the URL is the one setting every entry point (`serve`, `migrate`,
+    /// `bench`) already passes through.
+    ///
+    /// # Errors
+    /// [`StoreError::Other`] naming a value that does not parse.
+    pub fn from_url(url: &str) -> Result<(String, Self), StoreError> {
+        let mut options = Self::default();
+        let Some((base, query)) = url.split_once('?') else {
+            return Ok((url.to_owned(), options));
+        };
+        let bad =
+            |k: &str, v: &str| StoreError::Other(format!("bad {k} '{v}' in the database URL"));
+        let mut kept = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            match k {
+                "pool_size" => options.pool_size = v.parse().map_err(|_| bad(k, v))?,
+                "max_batch" => options.max_batch = v.parse().map_err(|_| bad(k, v))?,
+                "statement_timeout" => {
+                    let ms: u64 = if let Some(ms) = v.strip_suffix("ms") {
+                        ms.parse().map_err(|_| bad(k, v))?
+                    } else if let Some(s) = v.strip_suffix('s') {
+                        s.parse::<u64>()
+                            .map_err(|_| bad(k, v))?
+                            .saturating_mul(1000)
+                    } else {
+                        v.parse().map_err(|_| bad(k, v))?
+                    };
+                    options.statement_timeout = Duration::from_millis(ms.max(1));
+                }
+                _ => kept.push(pair),
+            }
+        }
+        let url = if kept.is_empty() {
+            base.to_owned()
+        } else {
+            format!("{base}?{}", kept.join("&"))
+        };
+        Ok((url, options))
+    }
+}
+
+/// The PostgreSQL store. Cheap to share behind an `Arc`.
+pub struct PostgresStore {
+    reads: Pool,
+    /// Submissions to the writer task. Bounded, so an overloaded or stalled
+    /// writer pushes back on callers instead of queueing without limit.
+    tx: tokio::sync::mpsc::Sender<Job>,
+    closed: AtomicBool,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    /// Client-side deadline for one operation.
+    deadline: Duration,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore").finish_non_exhaustive()
+    }
+}
+
+/// Microseconds since the Unix epoch (for `ap` on dates).
+pub(crate) fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// Parse a `postgres://` URL (or key=value string) and set the options every
+/// carelayer connection needs.
+fn pg_config(url: &str, o: &PostgresOptions) -> Result<tokio_postgres::Config, StoreError> {
+    let mut config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| StoreError::Other(format!("bad PostgreSQL URL: {e}")))?;
+    let ms = o.statement_timeout.as_millis().max(1);
+    config
+        .options(format!("-c statement_timeout={ms}"))
+        .application_name(&o.application_name)
+        .connect_timeout(o.connect_timeout)
+        // Notice a peer that vanished without closing the socket.
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(30));
+    Ok(config)
+}
+
+fn pool(
+    config: tokio_postgres::Config,
+    size: usize,
+    o: &PostgresOptions,
+) -> Result<Pool, StoreError> {
+    let manager = Manager::from_config(
+        config,
+        tokio_postgres::NoTls,
+        ManagerConfig {
+            // `Fast` only checks the socket is open; a connection that broke
+            // mid-query is dropped by the code that saw it break.
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size.max(1))
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(o.connect_timeout))
+        .create_timeout(Some(o.connect_timeout))
+        .recycle_timeout(Some(o.connect_timeout))
+        .build()
+        .map_err(|e| StoreError::Other(format!("cannot build the connection pool: {e}")))
+}
+
+/// Apply this build's migrations to the database at `url` and return the
+/// schema version now in place (`carelayer migrate`).
+///
+/// # Errors
+/// [`StoreError::Unavailable`] if PostgreSQL cannot be reached;
+/// [`StoreError::Other`] for a bad URL, a failed migration, or a schema newer
+/// than this build.
+pub async fn migrate(url: &str, options: &PostgresOptions) -> Result<i64, StoreError> {
+    let p = pool(pg_config(url, options)?, 1, options)?;
+    let mut client = p.get().await.map_err(pool_err)?;
+    let version = schema::migrate(&mut client).await;
+    drop(client);
+    p.close();
+    version
+}
+
+impl PostgresStore {
+    /// Connect to the database at `url`, apply pending migrations, start the
+    /// writer task. Must be called within a tokio runtime.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] if PostgreSQL cannot be reached;
+    /// [`StoreError::Other`] for a bad URL, a failed migration, or a schema
+    /// newer than this build.
+    pub async fn connect(url: &str, options: PostgresOptions) -> Result<Self, StoreError> {
+        let config = pg_config(url, &options)?;
+        let reads = pool(config.clone(), options.pool_size, &options)?;
+        {
+            let mut client = reads.get().await.map_err(pool_err)?;
+            schema::migrate(&mut client).await?;
+        }
+        // Two connections: one in use by a batch, one ready should that one
+        // break (the pool replaces broken ones lazily anyway).
+        let writes = pool(config, 2, &options)?;
+        let deadline = options
+            .statement_timeout
+            .saturating_mul(2)
+            .saturating_add(options.connect_timeout);
+        let max_batch = options.max_batch.max(1);
+        let (tx, rx) = tokio::sync::mpsc::channel(max_batch.saturating_mul(4));
+        let handle = tokio::spawn(writer::run(writes, rx, max_batch, deadline));
+        Ok(Self {
+            reads,
+            tx,
+            closed: AtomicBool::new(false),
+            writer: Mutex::new(Some(handle)),
+            deadline,
+        })
+    }
+
+    /// `EXPLAIN` of the page statement `search` would run, one line per plan
+    /// row (for tests asserting that searches use indexes).
+    ///
+    /// # Errors
+    /// As [`Store::search`].
+    pub async fn explain(&self, query: &SearchQuery) -> Result<Vec<String>, StoreError> {
+        self.read(|client| async move { read::explain(&client, query).await.map(|r| (client, r)) })
+            .await
+    }
+
+    /// Run a read on a pooled connection under the operation deadline. A
+    /// connection whose read failed with `Unavailable` or timed out is
+    /// discarded rather than returned to the pool.
+    async fn read<'a, T, F, Fut>(&'a self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(Object) -> Fut,
+        Fut: Future<Output = Result<(Object, T), StoreError>> + 'a,
+    {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(gone());
+        }
+        let fut = async {
+            let client = self.reads.get().await.map_err(pool_err)?;
+            f(client).await
+        };
+        match tokio::time::timeout(self.deadline, fut).await {
+            Ok(Ok((_client, v))) => Ok(v),
+            // The connection went with the failed future: a dropped Object
+            // returns to the pool, where `Fast` recycling discards it if its
+            // socket is closed.
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(timed_out("read")),
+        }
+    }
+
+    async fn submit<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Job,
+    ) -> Result<T, StoreError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(gone());
+        }
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(make(reply)).await.map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn read_current(
+        &self,
+        resource_type: &str,
+        id: &str,
+    ) -> Result<Option<StoredResource>, StoreError> {
+        self.read(|c| async move { read::current(&c, resource_type, id).await.map(|r| (c, r)) })
+            .await
+    }
+
+    async fn read_version(
+        &self,
+        resource_type: &str,
+        id: &str,
+        version: i64,
+    ) -> Result<Option<StoredResource>, StoreError> {
+        self.read(|c| async move {
+            read::version(&c, resource_type, id, version)
+                .await
+                .map(|r| (c, r))
+        })
+        .await
+    }
+
+    async fn history(&self, query: &HistoryQuery) -> Result<Vec<StoredResource>, StoreError> {
+        self.read(|c| async move { read::history(&c, query).await.map(|r| (c, r)) })
+            .await
+    }
+
+    async fn search(&self, query: &SearchQuery) -> Result<SearchPage, StoreError> {
+        self.read(|mut c| async move { read::search(&mut c, query).await.map(|r| (c, r)) })
+            .await
+    }
+
+    async fn commit(&self, writes: WriteSet) -> Result<CommitReceipt, StoreError> {
+        self.submit(|reply| Job::Commit(writes, reply)).await
+    }
+
+    async fn append_audit(&self, entries: Vec<AuditRecord>) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        self.submit(|reply| Job::Audit(entries, reply)).await
+    }
+
+    async fn audit_rows(&self, after_seq: i64, limit: usize) -> Result<Vec<LedgerRow>, StoreError> {
+        self.read(|c| async move { audit::rows(&c, after_seq, limit).await.map(|r| (c, r)) })
+            .await
+    }
+
+    async fn audit_search(&self, query: &AuditQuery) -> Result<Vec<LedgerRow>, StoreError> {
+        self.read(|c| async move { audit::search(&c, query).await.map(|r| (c, r)) })
+            .await
+    }
+
+    async fn audit_head(&self) -> Result<ChainHead, StoreError> {
+        self.read(|c| async move { audit::head(&c).await.map(|r| (c, r)) })
+            .await
+    }
+
+    async fn audit_raw_rows(
+        &self,
+        after_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<RawLedgerRow>, StoreError> {
+        self.read(|c| async move { audit::raw_rows(&c, after_seq, limit).await.map(|r| (c, r)) })
+            .await
+    }
+
+    async fn save_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
+        self.read(|c| async move { audit::save_checkpoint(&c, checkpoint).await.map(|r| (c, r)) })
+            .await
+    }
+
+    async fn checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError> {
+        self.read(|c| async move { audit::checkpoints(&c).await.map(|r| (c, r)) })
+            .await
+    }
+
+    async fn count(&self, resource_type: Option<&str>) -> Result<u64, StoreError> {
+        self.read(|c| async move { read::count(&c, resource_type).await.map(|r| (c, r)) })
+            .await
+    }
+
+    async fn close(&self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (reply, done) = oneshot::channel();
+        if self.tx.send(Job::Close(reply)).await.is_ok() {
+            let _ = done.await;
+        }
+        let handle = self.writer.lock().ok().and_then(|mut h| h.take());
+        if let Some(h) = handle {
+            let _ = h.await;
+        }
+        self.reads.close();
+    }
+}

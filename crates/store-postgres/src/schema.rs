@@ -1,0 +1,269 @@
+//! Migrations this crate owns, applied in order on connect (and by
+//! `carelayer migrate`).
+//!
+//! Each entry of [`MIGRATIONS`] is applied once and recorded in
+//! `schema_migrations`. All pending migrations run in ONE transaction that
+//! first takes a transaction-level advisory lock, so several servers starting
+//! at once against one database apply them exactly once (the others wait,
+//! then find nothing to do). Never edit a released migration: append one.
+
+use deadpool_postgres::Client;
+
+use crate::error::pg_err;
+use carelayer_store::StoreError;
+
+/// Advisory lock key for migrations (any constant; "carelayr" in ASCII).
+const MIGRATION_LOCK: i64 = 0x6361_7265_6c61_7972;
+
+/// Version 1: the same logical schema as the SQLite backend.
+///
+/// Shape notes (why, not what):
+/// - Every text column is `COLLATE "C"`: byte order, exactly SQLite's BINARY
+///   collation, so `_sort`, paging and prefix ranges (`>= p AND < p‖U+10FFFF`)
+///   agree between backends and b-tree prefix scans work whatever the
+///   database's default locale is.
+/// - `json` is `bytea`, not `jsonb`: the canonical bytes must come back
+///   exactly as written (jsonb reorders keys and drops duplicates).
+/// - `resources.seq` is the global commit order, assigned by the writer while
+///   it holds the `commit_head` row lock (see `writer`): strictly increasing
+///   in commit order, so a reader that sees seq N sees every seq below it.
+/// - `current.rid` is a stable surrogate for `(type, id)` that index rows
+///   carry instead of the two strings (smaller index b-trees).
+/// - Index tables lead with `param` because every test names its parameter.
+///   Composite components sit in the typed tables under `<param>#<i>` with
+///   `grp` = the `ord` of their `idx_composite` row (same `rid`), so a
+///   composite test is a join on `(rid, grp)` and needs no global id.
+/// - `patient_key` is on every patient-compartment row: the distribution
+///   column of the scale-out design (`docs/scale-out.md`).
+/// - Triggers make versions and the audit ledger append-only even against a
+///   stray statement.
+const V1: &str = r#"
+CREATE TABLE resources (
+    seq          bigint  PRIMARY KEY,
+    type         text    COLLATE "C" NOT NULL,
+    id           text    COLLATE "C" NOT NULL,
+    version      bigint  NOT NULL,
+    last_updated bigint  NOT NULL,
+    deleted      boolean NOT NULL,
+    patient_key  text    COLLATE "C",
+    json         bytea   NOT NULL,
+    UNIQUE (type, id, version)
+);
+CREATE INDEX resources_type_seq ON resources (type, seq);
+CREATE INDEX resources_patient ON resources (patient_key, seq) WHERE patient_key IS NOT NULL;
+
+CREATE FUNCTION carelayer_immutable() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION '% rows are immutable', TG_TABLE_NAME;
+END $$;
+CREATE TRIGGER resources_immutable BEFORE UPDATE OR DELETE ON resources
+    FOR EACH ROW EXECUTE FUNCTION carelayer_immutable();
+CREATE TRIGGER resources_no_truncate BEFORE TRUNCATE ON resources
+    FOR EACH STATEMENT EXECUTE FUNCTION carelayer_immutable();
+
+CREATE TABLE current (
+    rid          bigint  GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    type         text    COLLATE "C" NOT NULL,
+    id           text    COLLATE "C" NOT NULL,
+    version      bigint  NOT NULL,
+    seq          bigint  NOT NULL,
+    last_updated bigint  NOT NULL,
+    deleted      boolean NOT NULL,
+    patient_key  text    COLLATE "C",
+    UNIQUE (type, id)
+);
+CREATE INDEX current_live ON current (type, id) WHERE NOT deleted;
+CREATE INDEX current_patient ON current (patient_key, type) WHERE patient_key IS NOT NULL;
+CREATE INDEX current_updated ON current (type, last_updated);
+CREATE INDEX current_seq ON current (seq);
+
+CREATE TABLE idx_token (
+    rid bigint NOT NULL, ord bigint NOT NULL, type text COLLATE "C" NOT NULL,
+    param text COLLATE "C" NOT NULL, system text COLLATE "C", code text COLLATE "C",
+    text text COLLATE "C", patient_key text COLLATE "C", grp bigint,
+    PRIMARY KEY (rid, ord)
+);
+CREATE INDEX idx_token_code ON idx_token (param, code, system);
+CREATE INDEX idx_token_system ON idx_token (param, system) WHERE system IS NOT NULL;
+CREATE INDEX idx_token_text ON idx_token (param, text) WHERE text IS NOT NULL;
+
+CREATE TABLE idx_string (
+    rid bigint NOT NULL, ord bigint NOT NULL, type text COLLATE "C" NOT NULL,
+    param text COLLATE "C" NOT NULL, normalized text COLLATE "C" NOT NULL,
+    exact text COLLATE "C" NOT NULL, patient_key text COLLATE "C", grp bigint,
+    PRIMARY KEY (rid, ord)
+);
+CREATE INDEX idx_string_norm ON idx_string (param, normalized);
+CREATE INDEX idx_string_exact ON idx_string (param, exact);
+
+CREATE TABLE idx_date (
+    rid bigint NOT NULL, ord bigint NOT NULL, type text COLLATE "C" NOT NULL,
+    param text COLLATE "C" NOT NULL, low bigint NOT NULL, high bigint NOT NULL,
+    patient_key text COLLATE "C", grp bigint,
+    PRIMARY KEY (rid, ord)
+);
+CREATE INDEX idx_date_low ON idx_date (param, low);
+CREATE INDEX idx_date_high ON idx_date (param, high);
+
+CREATE TABLE idx_number (
+    rid bigint NOT NULL, ord bigint NOT NULL, type text COLLATE "C" NOT NULL,
+    param text COLLATE "C" NOT NULL, value double precision,
+    patient_key text COLLATE "C", grp bigint,
+    PRIMARY KEY (rid, ord)
+);
+CREATE INDEX idx_number_value ON idx_number (param, value);
+
+CREATE TABLE idx_quantity (
+    rid bigint NOT NULL, ord bigint NOT NULL, type text COLLATE "C" NOT NULL,
+    param text COLLATE "C" NOT NULL, value double precision, system text COLLATE "C",
+    code text COLLATE "C", unit text COLLATE "C", patient_key text COLLATE "C", grp bigint,
+    PRIMARY KEY (rid, ord)
+);
+CREATE INDEX idx_quantity_value ON idx_quantity (param, value);
+
+CREATE TABLE idx_reference (
+    rid bigint NOT NULL, ord bigint NOT NULL, type text COLLATE "C" NOT NULL,
+    param text COLLATE "C" NOT NULL, target_type text COLLATE "C", target_id text COLLATE "C",
+    url text COLLATE "C" NOT NULL, patient_key text COLLATE "C", grp bigint,
+    PRIMARY KEY (rid, ord)
+);
+CREATE INDEX idx_reference_target ON idx_reference (param, target_id, target_type);
+CREATE INDEX idx_reference_url ON idx_reference (param, url);
+-- `_has` and `_revinclude` walk references backwards from their target.
+CREATE INDEX idx_reference_back ON idx_reference (target_type, target_id);
+
+CREATE TABLE idx_uri (
+    rid bigint NOT NULL, ord bigint NOT NULL, type text COLLATE "C" NOT NULL,
+    param text COLLATE "C" NOT NULL, uri text COLLATE "C" NOT NULL,
+    patient_key text COLLATE "C", grp bigint,
+    PRIMARY KEY (rid, ord)
+);
+CREATE INDEX idx_uri_uri ON idx_uri (param, uri);
+
+CREATE TABLE idx_composite (
+    rid bigint NOT NULL, ord bigint NOT NULL, type text COLLATE "C" NOT NULL,
+    param text COLLATE "C" NOT NULL, parts text NOT NULL, patient_key text COLLATE "C",
+    PRIMARY KEY (rid, ord)
+);
+CREATE INDEX idx_composite_param ON idx_composite (param);
+
+CREATE TABLE audit_ledger (
+    seq    bigint PRIMARY KEY,
+    record bytea  NOT NULL,
+    hash   bytea  NOT NULL CHECK (length(hash) = 32)
+);
+CREATE TRIGGER audit_append_only BEFORE UPDATE OR DELETE ON audit_ledger
+    FOR EACH ROW EXECUTE FUNCTION carelayer_immutable();
+CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit_ledger
+    FOR EACH STATEMENT EXECUTE FUNCTION carelayer_immutable();
+
+-- The audit ledger's query index: one row per entry with the columns the
+-- patient's access log and the privacy officer filter on, written in the same
+-- transaction as the entry. A separate table so the ledger row (the
+-- evidence) stays exactly canonical bytes + hash; searches filter here but
+-- always return the decoded ledger row (see `audit.rs`).
+CREATE TABLE audit_index (
+    seq          bigint  PRIMARY KEY,
+    recorded_at  bigint  NOT NULL,
+    patient      text    COLLATE "C",
+    agent_user   text    COLLATE "C",
+    agent_org    text    COLLATE "C",
+    agent_client text    COLLATE "C",
+    action       text    COLLATE "C" NOT NULL,
+    outcome      text    COLLATE "C" NOT NULL,
+    break_glass  boolean NOT NULL
+);
+CREATE INDEX audit_index_patient ON audit_index (patient, seq) WHERE patient IS NOT NULL;
+CREATE INDEX audit_index_org ON audit_index (agent_org, seq) WHERE agent_org IS NOT NULL;
+CREATE INDEX audit_index_user ON audit_index (agent_user, seq) WHERE agent_user IS NOT NULL;
+CREATE INDEX audit_index_client ON audit_index (agent_client, seq) WHERE agent_client IS NOT NULL;
+CREATE INDEX audit_index_time ON audit_index (recorded_at, seq);
+CREATE INDEX audit_index_break_glass ON audit_index (seq) WHERE break_glass;
+CREATE TRIGGER audit_index_append_only BEFORE UPDATE OR DELETE ON audit_index
+    FOR EACH ROW EXECUTE FUNCTION carelayer_immutable();
+
+-- Signed ledger heads.
+CREATE TABLE audit_checkpoints (
+    seq       bigint NOT NULL,
+    key_id    text   COLLATE "C" NOT NULL,
+    head_hash bytea  NOT NULL,
+    signed_at bigint NOT NULL,
+    signature bytea  NOT NULL,
+    PRIMARY KEY (seq, key_id)
+);
+CREATE TRIGGER audit_checkpoints_append_only BEFORE UPDATE OR DELETE ON audit_checkpoints
+    FOR EACH ROW EXECUTE FUNCTION carelayer_immutable();
+
+-- The single row every write transaction locks first (`FOR UPDATE`): it
+-- serialises commits, across processes too, and carries the heads the next
+-- commit builds on (last resource seq, last ledger seq and hash).
+CREATE TABLE commit_head (
+    one        boolean PRIMARY KEY DEFAULT true CHECK (one),
+    seq        bigint  NOT NULL,
+    audit_seq  bigint  NOT NULL,
+    audit_hash bytea   NOT NULL CHECK (length(audit_hash) = 32)
+);
+INSERT INTO commit_head (seq, audit_seq, audit_hash) VALUES (0, 0, '\x0000000000000000000000000000000000000000000000000000000000000000');
+"#;
+
+/// Ordered migrations; index + 1 is the schema version it produces.
+pub(crate) const MIGRATIONS: &[&str] = &[V1];
+
+/// The index tables, cleared for a resource when its current version changes.
+pub(crate) const INDEX_TABLES: &[&str] = &[
+    "idx_token",
+    "idx_string",
+    "idx_date",
+    "idx_number",
+    "idx_quantity",
+    "idx_reference",
+    "idx_uri",
+    "idx_composite",
+];
+
+/// Bring the schema up to date; returns the schema version now in place.
+pub(crate) async fn migrate(client: &mut Client) -> Result<i64, StoreError> {
+    let tx = client.transaction().await.map_err(pg_err)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(pg_err)?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+             version    bigint PRIMARY KEY,
+             applied_at timestamptz NOT NULL DEFAULT now()
+         )",
+    )
+    .await
+    .map_err(pg_err)?;
+    let applied: i64 = tx
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+            &[],
+        )
+        .await
+        .map_err(pg_err)?
+        .get(0);
+    let known = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
+    if applied > known {
+        return Err(StoreError::Other(format!(
+            "database schema version {applied} is newer than this build ({known})"
+        )));
+    }
+    for (i, sql) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .skip(usize::try_from(applied).unwrap_or(0))
+    {
+        let version = i64::try_from(i + 1).unwrap_or(i64::MAX);
+        tx.batch_execute(sql).await.map_err(pg_err)?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version) VALUES ($1)",
+            &[&version],
+        )
+        .await
+        .map_err(pg_err)?;
+        tracing::info!(version, "applied PostgreSQL migration");
+    }
+    tx.commit().await.map_err(pg_err)?;
+    Ok(known)
+}
