@@ -339,14 +339,25 @@ fn parse_entry(i: usize, raw: &Value, base_url: &str) -> Result<Entry, RecordsEr
         .get("url")
         .and_then(Value::as_str)
         .ok_or_else(|| bad("request.url is missing".into()))?;
-    let url = url
-        .strip_prefix(base_url)
-        .map_or(url, |rest| rest.trim_start_matches('/'));
+    let url = match url.strip_prefix(base_url) {
+        Some(rest) => rest.trim_start_matches('/'),
+        None if url.contains("://") => {
+            return Err(bad(format!(
+                "request.url '{url}' is not on this server (its base is {base_url}); use a URL relative to the base"
+            )));
+        }
+        None => url,
+    };
     let (path, query) = match url.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (url, None),
     };
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    if let Some(op) = segments.iter().find(|s| s.starts_with('$')) {
+        return Err(RecordsError::NotSupported(format!(
+            "{loc}: operations ({op}) inside a Bundle are not supported; call them directly"
+        )));
+    }
     let method = match method {
         "GET" | "HEAD" => return Ok(Entry::Get(url.to_owned())),
         "POST" => Method::Post,
