@@ -51,11 +51,11 @@ const EXPECTED_BUNDLES: &[(&str, &str)] = &[
         "batch 200 200 200 200",
     ),
     // The spec's showcase transaction. entry[7] POSTs `ValueSet/$lookup`
-    // (an operation inside a transaction, not supported: 400). It could not
+    // (an operation inside a transaction, not supported: 501). It could not
     // commit anyway: entry[4] updates Patient/123a with `ifMatch: W/"2"`,
     // which does not exist, and its conditional references use the
     // malformed system `http:/example.org/fhir/ids`.
-    ("Bundle-bundle-transaction.json", "refused 400"),
+    ("Bundle-bundle-transaction.json", "refused 501"),
     ("Bundle-hla-1.json", "ok"),
     // Every entry PUTs to an absolute URL on another server
     // (`http://hl7.org/fhir/us/sdc/Questionnaire/54127-6`); a server can only
