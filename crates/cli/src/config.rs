@@ -19,6 +19,10 @@ pub enum Command {
     /// Measure create and read throughput and latency with N concurrent
     /// clients (starts its own server on a temporary database by default).
     Bench(crate::bench::BenchArgs),
+    /// Generate a synthetic UK population as NDJSON (and transaction Bundles).
+    Synth(crate::synth::SynthArgs),
+    /// Load NDJSON files or folders (and Bundles) into a store or a server.
+    Import(crate::import::ImportArgs),
     /// Apply the database's pending schema migrations and exit (servers also
     /// migrate on start; this is for operators who migrate first).
     Migrate(MigrateArgs),

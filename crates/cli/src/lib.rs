@@ -15,8 +15,10 @@ pub mod backend;
 pub mod bench;
 pub mod config;
 pub mod demo;
+pub mod import;
 mod serve;
 pub mod server;
+pub mod synth;
 
 use crate::config::{Cli, Command};
 
@@ -28,6 +30,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Synth(args) => synth::run(&args),
+        Command::Import(args) => import::run(args).await,
         Command::Migrate(args) => {
             let done = backend::migrate(&args.db.database).await?;
             println!("{done}");

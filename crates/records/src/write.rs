@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use carelayer_audit::{AuditAction, AuditOutcome};
+use carelayer_audit::{AuditAction, AuditOutcome, AuditRecord};
 use carelayer_policy::{Action, Decision};
 use carelayer_store::{Precondition, StoreError, WriteSet};
 use serde_json::Value;
@@ -112,6 +112,36 @@ impl WriteEntry {
             None => e,
         }
     }
+}
+
+/// How a committed plan is audited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AuditMode {
+    /// One audit record per written resource (single writes, Bundles).
+    PerEntry,
+    /// Bulk loads: one record per patient (and one for resources outside
+    /// any Patient compartment) with this action, listing every resource.
+    Grouped(AuditAction),
+}
+
+/// Merge per-entry audit records into one per patient, in order of first
+/// appearance (same agent, channel and time: they come from one plan).
+fn group_audit(records: Vec<AuditRecord>, action: AuditAction) -> Vec<AuditRecord> {
+    let mut grouped: Vec<AuditRecord> = Vec::new();
+    let mut by_patient: HashMap<Option<String>, usize> = HashMap::new();
+    for record in records {
+        match by_patient.get(&record.patient) {
+            Some(&i) => grouped[i].resources.extend(record.resources),
+            None => {
+                by_patient.insert(record.patient.clone(), grouped.len());
+                grouped.push(AuditRecord { action, ..record });
+            }
+        }
+    }
+    for record in &mut grouped {
+        record.detail = Some(format!("{} resources", record.resources.len()));
+    }
+    grouped
 }
 
 /// Where planning put an entry.
@@ -248,9 +278,24 @@ impl Records {
         entries: &[WriteEntry],
         resolve_references: bool,
     ) -> Result<Vec<WriteOutcome>, RecordsError> {
+        self.plan_and_commit_audited(caller, entries, resolve_references, AuditMode::PerEntry)
+            .await
+    }
+
+    /// [`Self::plan_and_commit`] with a choice of audit granularity.
+    pub(crate) async fn plan_and_commit_audited(
+        &self,
+        caller: &Caller,
+        entries: &[WriteEntry],
+        resolve_references: bool,
+        audit: AuditMode,
+    ) -> Result<Vec<WriteOutcome>, RecordsError> {
         let mut attempt = 0;
         loop {
-            let (writes, outcomes) = self.plan(caller, entries, resolve_references).await?;
+            let (mut writes, outcomes) = self.plan(caller, entries, resolve_references).await?;
+            if let AuditMode::Grouped(action) = audit {
+                writes.audit = group_audit(std::mem::take(&mut writes.audit), action);
+            }
             match self.store.commit(writes).await {
                 Ok(_) => return Ok(outcomes),
                 Err(StoreError::PreconditionFailed(what)) => {

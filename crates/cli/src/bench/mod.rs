@@ -19,7 +19,9 @@
 //! - `report`: the table, the JSON, peak RSS.
 
 mod driver;
+mod peer;
 mod report;
+mod suite;
 mod synth;
 mod target;
 mod workload;
@@ -66,6 +68,23 @@ pub struct BenchArgs {
     /// A tiny run (2 s per workload, 4 clients) to check the harness works.
     #[arg(long)]
     pub quick: bool,
+    /// Run the data-set bench: generate (or reuse) `carelayer synth` data
+    /// of this many patients, import it, then run the search, read,
+    /// transaction and `$everything` workloads over it.
+    #[arg(long)]
+    pub patients: Option<u64>,
+    /// Seed of the synthetic data set.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Where synthetic data sets are cached (one folder per size and seed).
+    #[arg(long, default_value = ".cache/bench")]
+    pub cache_dir: PathBuf,
+    /// Also run the same data and workloads on a peer server (`hfs`).
+    #[arg(long, requires = "patients")]
+    pub peer: Option<String>,
+    /// The peer's binary (default: `hfs` on the PATH).
+    #[arg(long)]
+    pub peer_bin: Option<PathBuf>,
 }
 
 /// Workloads this harness knows.
@@ -85,6 +104,9 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     }
     if args.clients == 0 {
         bail!("--clients must be at least 1");
+    }
+    if let Some(patients) = args.patients {
+        return run_suite(args, patients).await;
     }
     if !(args.seconds > 0.0 && args.seconds.is_finite()) {
         bail!("--seconds must be a positive number");
@@ -156,4 +178,41 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
         eprintln!("bench: results written to {}", path.display());
     }
     Ok(())
+}
+
+/// `--patients`: the data-set bench (see `suite`).
+async fn run_suite(args: BenchArgs, patients: u64) -> anyhow::Result<()> {
+    let peer_bin = match args.peer.as_deref() {
+        None => None,
+        Some("hfs") => Some(
+            args.peer_bin
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("hfs")),
+        ),
+        Some(other) => bail!("unknown peer '{other}'; known: hfs"),
+    };
+    let workloads = if args.workloads == ["create", "read"] {
+        suite::SUITE_WORKLOADS
+            .iter()
+            .map(|w| (*w).to_owned())
+            .collect()
+    } else {
+        args.workloads.clone()
+    };
+    let limit = match args.requests {
+        Some(0) => bail!("--requests must be at least 1"),
+        Some(n) => Limit::Requests(n),
+        None => Limit::Duration(Duration::from_secs_f64(args.seconds)),
+    };
+    suite::run(suite::SuiteArgs {
+        patients,
+        seed: args.seed,
+        clients: args.clients,
+        limit,
+        workloads,
+        peer_bin,
+        json: args.json.clone(),
+        cache: args.cache_dir.clone(),
+    })
+    .await
 }

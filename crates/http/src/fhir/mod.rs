@@ -3,6 +3,7 @@
 
 mod bundle;
 mod history;
+mod import;
 mod metadata;
 mod read;
 mod search;
@@ -113,6 +114,7 @@ async fn route(
         ([], _) => not_allowed(),
         (["metadata"], &Method::GET) => Ok(metadata::capability_statement(&ctx)),
         (["_history"], &Method::GET) => history::history(ctx, None, None).await,
+        (["$import"], &Method::POST) => import::import(ctx).await,
         (["_search"], &Method::POST) => search::search_post(ctx, None).await,
         ([ty], &Method::GET) if is_type_like(ty) => search::search(ctx, Some(ty)).await,
         ([ty], &Method::POST) if is_type_like(ty) => write::create(ctx, ty).await,

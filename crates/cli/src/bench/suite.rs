@@ -1,0 +1,522 @@
+//! The data-set bench (`carelayer bench --patients N`): synthetic UK data
+//! (`carelayer synth`, cached per size and seed), bulk import, then search,
+//! read, small-transaction and `$everything` workloads over that data, on
+//! carelayer (in-process, SQLite, policy and audit on) and optionally on a
+//! peer (`--peer hfs`) loaded with the same data, with the ratio
+//! carelayer/peer per workload, as a table and JSON.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use carelayer_http::HttpConfig;
+use carelayer_records::{AuditChannel, Caller, RecordsOptions};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::bench::driver::{self, Limit, Stats};
+use crate::bench::peer::{self, Peer};
+use crate::bench::workload::{Request, Workload};
+use crate::import::{ImportArgs, Sink, Via};
+use crate::synth::Rng;
+
+/// Workloads of the data-set bench.
+pub(crate) const SUITE_WORKLOADS: &[&str] = &[
+    "read",
+    "search-nhs",
+    "search-obs",
+    "transaction",
+    "everything",
+];
+
+/// What the suite needs from the command line.
+pub(crate) struct SuiteArgs {
+    pub patients: u64,
+    pub seed: u64,
+    pub clients: usize,
+    pub limit: Limit,
+    pub workloads: Vec<String>,
+    pub peer_bin: Option<PathBuf>,
+    pub json: Option<PathBuf>,
+    pub cache: PathBuf,
+}
+
+/// One measured row.
+#[derive(Debug, Clone)]
+struct Row {
+    server: &'static str,
+    workload: String,
+    requests: u64,
+    errors: u64,
+    /// Requests (or resources, for `import`) per second.
+    rate: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    cpu_cores: Option<f64>,
+    peak_mib: Option<f64>,
+    error_samples: Vec<String>,
+}
+
+/// The data set: where it is and what to ask for.
+struct Dataset {
+    dir: PathBuf,
+    resources: u64,
+    /// (Patient id, NHS number)
+    patients: Vec<(String, String)>,
+    observations: Vec<String>,
+}
+
+pub(crate) async fn run(args: SuiteArgs) -> anyhow::Result<()> {
+    for w in &args.workloads {
+        if !SUITE_WORKLOADS.contains(&w.as_str()) {
+            bail!(
+                "unknown workload '{w}' with --patients; known: {}",
+                SUITE_WORKLOADS.join(", ")
+            );
+        }
+    }
+    let data = dataset(&args)?;
+    eprintln!(
+        "bench: data set of {} patients, {} resources (seed {}) in {}",
+        args.patients,
+        data.resources,
+        args.seed,
+        data.dir.display()
+    );
+    let client = driver::client(args.clients)?;
+    let mut rows = Vec::new();
+
+    // carelayer, in-process on a temporary SQLite database.
+    {
+        let dir = tempfile::Builder::new()
+            .prefix("carelayer-bench-")
+            .tempdir()?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let server = crate::server::start(
+            crate::server::ServerConfig {
+                database: format!("sqlite://{}/bench.db", dir.path().display()),
+                http: HttpConfig::default(),
+                records: RecordsOptions::default(),
+                demo: false,
+            },
+            listener,
+        )
+        .await?;
+        let sink = Sink::Records {
+            records: Arc::clone(&server.records),
+            caller: Caller::local_operator(AuditChannel::Cli),
+        };
+        rows.push(load("carelayer", &data, &sink, None, dir.path()).await?);
+        rows.extend(workloads("carelayer", &args, &data, &client, &server.base_url, None).await);
+        server.stop().await?;
+    }
+
+    // The peer, loaded with the same data through transaction Bundles.
+    if let Some(bin) = &args.peer_bin {
+        let mut hfs = Peer::start(bin, None).await?;
+        let sink = Sink::server(&hfs.base_url, None, Via::Transaction, 4)?;
+        let dir = tempfile::tempdir()?;
+        let pid = Some(hfs.pid());
+        rows.push(load("hfs", &data, &sink, pid, dir.path()).await?);
+        rows.extend(workloads("hfs", &args, &data, &client, &hfs.base_url.clone(), pid).await);
+        hfs.stop();
+    }
+
+    let table = table(&rows, &args, &data);
+    print!("{table}");
+    if let Some(path) = &args.json {
+        let body = json!({
+            "patients": args.patients,
+            "seed": args.seed,
+            "resources": data.resources,
+            "clients": args.clients,
+            "limit": args.limit.describe(),
+            "rows": rows.iter().map(|r| json!({
+                "server": r.server, "workload": r.workload, "requests": r.requests,
+                "errors": r.errors, "rate": r.rate, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms,
+                "cpu_cores": r.cpu_cores, "peak_mib": r.peak_mib, "error_samples": r.error_samples,
+            })).collect::<Vec<_>>(),
+            "ratios": ratios(&rows).into_iter().map(|(w, r)| json!({"workload": w, "carelayer_over_peer": r})).collect::<Vec<_>>(),
+            "note": "the peer (HFS) does no validation, consent or audit on these paths; carelayer runs with policy and audit on",
+        });
+        std::fs::write(path, serde_json::to_vec_pretty(&body)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("bench: results written to {}", path.display());
+    }
+    Ok(())
+}
+
+/// Generate the data set, or reuse the cached one.
+fn dataset(args: &SuiteArgs) -> anyhow::Result<Dataset> {
+    let dir = args
+        .cache
+        .join(format!("synth-p{}-s{}", args.patients, args.seed));
+    let manifest = dir.join("manifest.json");
+    let cached = std::fs::read(&manifest)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .is_some_and(|m| m["patients"] == args.patients && m["seed"] == args.seed);
+    if !cached {
+        let summary = crate::synth::generate(&dir, args.patients, args.seed, false, None)?;
+        eprintln!(
+            "bench: generated {} resources in {:.1} s ({:.0}/s)",
+            summary.total(),
+            summary.elapsed.as_secs_f64(),
+            summary.rate()
+        );
+    }
+    let m: Value = serde_json::from_slice(&std::fs::read(&manifest)?)?;
+    let mut patients = Vec::new();
+    for line in std::fs::read_to_string(dir.join("Patient.ndjson"))?.lines() {
+        let p: Value = serde_json::from_str(line)?;
+        if let (Some(id), Some(nhs)) = (p["id"].as_str(), p["identifier"][0]["value"].as_str()) {
+            patients.push((id.to_owned(), nhs.to_owned()));
+        }
+    }
+    let mut observations = Vec::new();
+    let text = std::fs::read_to_string(dir.join("Observation.ndjson"))?;
+    for (i, line) in text.lines().enumerate() {
+        if i % 50 == 0
+            && let Some(id) = line
+                .split_once(r#""id":""#)
+                .and_then(|(_, r)| r.split_once('"'))
+                .map(|(id, _)| id.to_owned())
+        {
+            observations.push(id);
+        }
+    }
+    Ok(Dataset {
+        dir,
+        resources: m["total"].as_u64().unwrap_or(0),
+        patients,
+        observations,
+    })
+}
+
+async fn load(
+    server: &'static str,
+    data: &Dataset,
+    sink: &Sink,
+    pid: Option<u32>,
+    scratch: &Path,
+) -> anyhow::Result<Row> {
+    let mut args = ImportArgs::new(vec![data.dir.clone()]);
+    args.checkpoint = Some(scratch.join("checkpoint.json"));
+    args.rejects = Some(scratch.join("rejected.txt"));
+    args.no_progress = true;
+    args.concurrency = if pid.is_some() { 4 } else { 2 };
+    let cpu0 = peer::cpu_seconds(pid);
+    let started = Instant::now();
+    let summary = crate::import::execute(&args, sink).await?;
+    let secs = started.elapsed().as_secs_f64();
+    let cpu = cpu0
+        .zip(peer::cpu_seconds(pid))
+        .map(|(a, b)| (b - a) / secs);
+    eprintln!(
+        "bench: {server}: imported {} resources in {secs:.1} s ({:.0}/s), {} rejected",
+        summary.written(),
+        summary.written() as f64 / secs,
+        summary.rejected.len()
+    );
+    Ok(Row {
+        server,
+        workload: "import".into(),
+        requests: summary.written(),
+        errors: summary.rejected.len() as u64,
+        rate: summary.written() as f64 / secs,
+        p50_ms: 0.0,
+        p99_ms: 0.0,
+        cpu_cores: cpu,
+        peak_mib: peer::peak_rss_mib(pid),
+        error_samples: summary
+            .rejected
+            .iter()
+            .take(5)
+            .map(|r| format!("{}: {}", r.at, r.reason))
+            .collect(),
+    })
+}
+
+async fn workloads(
+    server: &'static str,
+    args: &SuiteArgs,
+    data: &Dataset,
+    client: &reqwest::Client,
+    base: &str,
+    pid: Option<u32>,
+) -> Vec<Row> {
+    let shared = Arc::new(Shared {
+        patients: data.patients.clone(),
+        observations: data.observations.clone(),
+        seed: args.seed,
+    });
+    let mut rows = Vec::new();
+    for name in &args.workloads {
+        let workload: Arc<dyn Workload> = match name.as_str() {
+            "read" => Arc::new(Read(Arc::clone(&shared))),
+            "search-nhs" => Arc::new(SearchNhs(Arc::clone(&shared))),
+            "search-obs" => Arc::new(SearchObs(Arc::clone(&shared))),
+            "transaction" => Arc::new(Transaction(Arc::clone(&shared))),
+            _ => Arc::new(Everything(Arc::clone(&shared))),
+        };
+        let cpu0 = peer::cpu_seconds(pid);
+        let stats = driver::run(client, base, workload, args.clients, &args.limit).await;
+        let secs = stats.elapsed.as_secs_f64().max(1e-9);
+        let cpu = cpu0
+            .zip(peer::cpu_seconds(pid))
+            .map(|(a, b)| (b - a) / secs);
+        rows.push(row(server, name, &stats, cpu, peer::peak_rss_mib(pid)));
+        eprintln!(
+            "bench: {server} {name}: {:.0} req/s, p99 {:.1} ms, {} errors",
+            stats.throughput(),
+            stats.quantile_ms(0.99),
+            stats.errors
+        );
+    }
+    rows
+}
+
+fn row(
+    server: &'static str,
+    name: &str,
+    stats: &Stats,
+    cpu: Option<f64>,
+    peak: Option<f64>,
+) -> Row {
+    Row {
+        server,
+        workload: name.to_owned(),
+        requests: stats.requests(),
+        errors: stats.errors,
+        rate: stats.throughput(),
+        p50_ms: stats.quantile_ms(0.5),
+        p99_ms: stats.quantile_ms(0.99),
+        cpu_cores: cpu,
+        peak_mib: peak,
+        error_samples: stats.error_samples.clone(),
+    }
+}
+
+fn ratios(rows: &[Row]) -> Vec<(String, f64)> {
+    rows.iter()
+        .filter(|r| r.server == "carelayer")
+        .filter_map(|c| {
+            rows.iter()
+                .find(|p| p.server != "carelayer" && p.workload == c.workload)
+                .filter(|p| p.rate > 0.0)
+                .map(|p| (c.workload.clone(), c.rate / p.rate))
+        })
+        .collect()
+}
+
+fn table(rows: &[Row], args: &SuiteArgs, data: &Dataset) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "carelayer bench: {} patients / {} resources (seed {}), {} clients, {} per workload, {} build",
+        args.patients,
+        data.resources,
+        args.seed,
+        args.clients,
+        args.limit.describe(),
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+    );
+    let _ = writeln!(
+        out,
+        "{:<10} {:<12} {:>9} {:>11} {:>8} {:>8} {:>7} {:>9} {:>9}",
+        "server",
+        "workload",
+        "requests",
+        "rate/s",
+        "p50_ms",
+        "p99_ms",
+        "errors",
+        "cpu_cores",
+        "peak_MiB"
+    );
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "{:<10} {:<12} {:>9} {:>11.1} {:>8.2} {:>8.2} {:>7} {:>9} {:>9}",
+            r.server,
+            r.workload,
+            r.requests,
+            r.rate,
+            r.p50_ms,
+            r.p99_ms,
+            r.errors,
+            r.cpu_cores
+                .map_or_else(|| "?".into(), |c| format!("{c:.2}")),
+            r.peak_mib.map_or_else(|| "?".into(), |m| format!("{m:.0}")),
+        );
+        for e in r.error_samples.iter().take(2) {
+            let _ = writeln!(
+                out,
+                "    error: {}",
+                e.chars().take(200).collect::<String>()
+            );
+        }
+    }
+    let ratios = ratios(rows);
+    if !ratios.is_empty() {
+        let _ = writeln!(
+            out,
+            "ratio carelayer/hfs (rate; > 1 means carelayer is faster):"
+        );
+        for (w, r) in ratios {
+            let _ = writeln!(out, "  {w:<12} {r:>8.2}");
+        }
+        let _ = writeln!(
+            out,
+            "(HFS does no validation, consent or audit; carelayer runs with policy and audit on. \
+             import rate = resources/s; carelayer imports in-process, HFS through transaction Bundles; \
+             carelayer cpu/peak include the load generator, HFS's are its own process)"
+        );
+    }
+    out
+}
+
+/// What the workloads choose from.
+struct Shared {
+    patients: Vec<(String, String)>,
+    observations: Vec<String>,
+    seed: u64,
+}
+
+impl Shared {
+    fn rng(&self, w: u64, client: usize, i: u64) -> Rng {
+        Rng::derive(self.seed ^ (w << 56), ((client as u64) << 40) ^ i)
+    }
+
+    fn patient(&self, rng: &mut Rng) -> &(String, String) {
+        &self.patients[rng.below(self.patients.len() as u64) as usize]
+    }
+}
+
+fn get(path: String) -> Request {
+    Request {
+        method: Method::GET,
+        path,
+        body: None,
+        expect: &[200],
+    }
+}
+
+/// `read`: a random Patient or Observation by id.
+struct Read(Arc<Shared>);
+
+impl Workload for Read {
+    fn name(&self) -> &'static str {
+        "read"
+    }
+    fn request(&self, client: usize, i: u64) -> Request {
+        let mut rng = self.0.rng(1, client, i);
+        if rng.chance(0.5) && !self.0.observations.is_empty() {
+            let o = &self.0.observations[rng.below(self.0.observations.len() as u64) as usize];
+            get(format!("Observation/{o}"))
+        } else {
+            get(format!("Patient/{}", self.0.patient(&mut rng).0))
+        }
+    }
+}
+
+/// `search-nhs`: find a patient by NHS number.
+struct SearchNhs(Arc<Shared>);
+
+impl Workload for SearchNhs {
+    fn name(&self) -> &'static str {
+        "search-nhs"
+    }
+    fn request(&self, client: usize, i: u64) -> Request {
+        let mut rng = self.0.rng(2, client, i);
+        let nhs = &self.0.patient(&mut rng).1;
+        get(format!(
+            "Patient?identifier=https%3A%2F%2Ffhir.nhs.uk%2FId%2Fnhs-number%7C{nhs}"
+        ))
+    }
+}
+
+/// `search-obs`: a patient's observations of one LOINC code.
+struct SearchObs(Arc<Shared>);
+
+const OBS_CODES: &[&str] = &["85354-9", "29463-7", "8867-4", "39156-5", "14647-2"];
+
+impl Workload for SearchObs {
+    fn name(&self) -> &'static str {
+        "search-obs"
+    }
+    fn request(&self, client: usize, i: u64) -> Request {
+        let mut rng = self.0.rng(3, client, i);
+        let id = &self.0.patient(&mut rng).0;
+        let code = rng.pick(OBS_CODES);
+        get(format!(
+            "Observation?subject=Patient/{id}&code=http%3A%2F%2Floinc.org%7C{code}"
+        ))
+    }
+}
+
+/// `transaction`: a new Patient and an Observation about them.
+struct Transaction(Arc<Shared>);
+
+impl Workload for Transaction {
+    fn name(&self) -> &'static str {
+        "transaction"
+    }
+    fn request(&self, client: usize, i: u64) -> Request {
+        let mut rng = self.0.rng(4, client, i);
+        let n = client as u64 * 1_000_003 + i;
+        let nhs = crate::synth::bench_nhs_number(self.0.seed ^ 0xB0B, n);
+        let uuid = format!(
+            "urn:uuid:00000000-0000-4000-8000-{:012x}",
+            rng.next_u64() & 0xFFFF_FFFF_FFFF
+        );
+        let body = json!({
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [
+                {"fullUrl": uuid, "resource": {
+                    "resourceType": "Patient",
+                    "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": nhs}],
+                    "name": [{"family": "Bench", "given": ["Tx"]}],
+                    "gender": "female", "birthDate": "1980-05-17"},
+                 "request": {"method": "POST", "url": "Patient"}},
+                {"resource": {
+                    "resourceType": "Observation", "status": "final",
+                    "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}],
+                    "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]},
+                    "subject": {"reference": uuid},
+                    "effectiveDateTime": "2025-06-01T10:00:00Z",
+                    "valueQuantity": {"value": 60 + rng.below(40), "unit": "beats/minute", "system": "http://unitsofmeasure.org", "code": "/min"}},
+                 "request": {"method": "POST", "url": "Observation"}}
+            ]
+        });
+        Request {
+            method: Method::POST,
+            path: String::new(),
+            body: serde_json::to_vec(&body).ok(),
+            expect: &[200],
+        }
+    }
+}
+
+/// `everything`: `Patient/{id}/$everything`.
+struct Everything(Arc<Shared>);
+
+impl Workload for Everything {
+    fn name(&self) -> &'static str {
+        "everything"
+    }
+    fn request(&self, client: usize, i: u64) -> Request {
+        let mut rng = self.0.rng(5, client, i);
+        get(format!(
+            "Patient/{}/$everything",
+            self.0.patient(&mut rng).0
+        ))
+    }
+}
