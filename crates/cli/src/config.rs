@@ -19,6 +19,10 @@ pub enum Command {
     /// Measure create and read throughput and latency with N concurrent
     /// clients (starts its own server on a temporary database by default).
     Bench(crate::bench::BenchArgs),
+    /// Print a bearer token from the built-in issuer that the server accepts.
+    Token(crate::token::TokenArgs),
+    /// Register SMART Backend Services clients.
+    Client(crate::client::ClientArgs),
     /// Generate a synthetic UK population as NDJSON (and transaction Bundles).
     Synth(crate::synth::SynthArgs),
     /// Load NDJSON files or folders (and Bundles) into a store or a server.
@@ -51,8 +55,8 @@ pub struct DatabaseArgs {
 pub struct ServeArgs {
     #[command(flatten)]
     pub db: DatabaseArgs,
-    /// Address to listen on. Until token authentication is configured the
-    /// server refuses any address but loopback.
+    /// Address to listen on. Without --require-tokens the server refuses
+    /// any address but loopback.
     #[arg(long, env = "CARELAYER_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
     /// Load the demo record set (a few patients with their GP practices,
@@ -68,4 +72,6 @@ pub struct ServeArgs {
     /// The public FHIR base URL used in links (default: from the Host header).
     #[arg(long, env = "CARELAYER_BASE_URL")]
     pub base_url: Option<String>,
+    #[command(flatten)]
+    pub auth: crate::token::AuthArgs,
 }

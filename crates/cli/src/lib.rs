@@ -10,14 +10,18 @@
 //! - `serve`: the `serve` subcommand.
 //! - [`demo`]: the demo record set.
 //! - [`bench`]: the `bench` subcommand, a load generator.
+//! - [`token`]: `carelayer token` and the server's authentication settings;
+//!   [`client`]: `carelayer client` (SMART Backend Services registry).
 
 pub mod backend;
 pub mod bench;
+pub mod client;
 pub mod config;
 pub mod demo;
 pub mod import;
 mod serve;
 pub mod server;
+pub mod token;
 pub mod synth;
 
 use crate::config::{Cli, Command};
@@ -30,6 +34,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Token(args) => token::run(&args),
+        Command::Client(args) => client::run(&args),
         Command::Synth(args) => synth::run(&args),
         Command::Import(args) => import::run(args).await,
         Command::Migrate(args) => {

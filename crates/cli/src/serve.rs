@@ -10,9 +10,9 @@ use crate::config::ServeArgs;
 use crate::server::{ServerConfig, start};
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    if !args.listen.ip().is_loopback() {
+    if !args.listen.ip().is_loopback() && !args.auth.require_tokens {
         bail!(
-            "refusing to listen on {}: token authentication is not configured yet, so carelayer listens on loopback only (e.g. 127.0.0.1:8080)",
+            "refusing to listen on {}: without --require-tokens requests without a token run as the local operator, so carelayer listens on loopback only (e.g. 127.0.0.1:8080)",
             args.listen
         );
     }
@@ -24,6 +24,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         http: HttpConfig {
             max_body_bytes: args.max_body_bytes,
             base_url: args.base_url.clone(),
+            auth: crate::token::auth_config(&args.db.database, None, &args.auth)?,
         },
         records: RecordsOptions {
             max_bundle_entries: args.max_bundle_entries,
@@ -39,9 +40,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     eprintln!(
-        "carelayer serving FHIR R4 at {} (database {}); loopback only: authentication is not configured yet",
+        "carelayer serving FHIR R4 at {} (database {}); {}",
         server.base_url,
-        backend::redact(&args.db.database)
+        backend::redact(&args.db.database),
+        if args.auth.require_tokens {
+            "bearer tokens required (mint one with `carelayer token`)"
+        } else {
+            "loopback only: requests without a token run as the local operator"
+        }
     );
     shutdown_signal().await;
     eprintln!("carelayer stopping");

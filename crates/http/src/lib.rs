@@ -7,13 +7,19 @@
 //! - `fhir`: the FHIR base `/fhir`: one dispatcher for FHIR's URL grammar,
 //!   with a file per interaction (read, write, history, search, bundle,
 //!   metadata, validate).
-//! - `caller`: who is calling (today: the loopback operator).
+//! - [`auth`]: bearer-token authentication (JWKS-trusted issuers, the
+//!   built-in issuer, SMART Backend Services `/oauth/token`), the public
+//!   `/.well-known/*` endpoints, and the middleware that turns a token into
+//!   the caller.
+//! - `caller`: who is calling: the authenticated principal, or the loopback
+//!   operator when tokens are not required and none was sent.
 //! - [`error`]: the one table from errors to HTTP status and FHIR issue
 //!   code; 5xx causes are logged, never sent.
 //! - `response`: FHIR response helpers (content type, ETag, `Prefer`).
 //!
 //! This crate never sees the store: everything goes through `records`.
 
+pub mod auth;
 mod caller;
 pub mod error;
 mod fhir;
@@ -34,6 +40,9 @@ pub struct HttpConfig {
     /// The public FHIR base URL (`https://host/fhir`). When absent it is
     /// derived from each request's `Host` header.
     pub base_url: Option<String>,
+    /// Authentication (`auth.require_tokens` is the switch that makes
+    /// every non-public request need a token).
+    pub auth: auth::AuthConfig,
 }
 
 impl Default for HttpConfig {
@@ -41,6 +50,7 @@ impl Default for HttpConfig {
         Self {
             max_body_bytes: 16 * 1024 * 1024,
             base_url: None,
+            auth: auth::AuthConfig::default(),
         }
     }
 }
@@ -54,17 +64,30 @@ pub(crate) struct AppState {
 
 /// The application router.
 pub fn app(records: Arc<Records>, config: HttpConfig) -> Router {
+    let authenticator = Arc::new(auth::Authenticator::new(
+        config.auth.clone(),
+        config.base_url.as_deref(),
+    ));
+    let auth_routes = auth::routes::router(auth::routes::RouteState {
+        auth: Arc::clone(&authenticator),
+        base_url: config.base_url.clone(),
+    });
     let state = AppState {
         records,
         config: Arc::new(config),
     };
-    Router::new()
+    let fhir = Router::new()
         .route("/", axum::routing::get(fhir::root_redirect))
         .route("/fhir", axum::routing::any(fhir::dispatch))
         .route("/fhir/", axum::routing::any(fhir::dispatch))
         .route("/fhir/{*rest}", axum::routing::any(fhir::dispatch))
         .fallback(fhir::not_found)
-        .with_state(state)
+        .with_state(state);
+    fhir.merge(auth_routes)
+        .layer(axum::middleware::from_fn_with_state(
+            authenticator,
+            auth::authenticate,
+        ))
 }
 
 /// Serve `app` on `listener` until `shutdown` completes, then finish the
