@@ -23,6 +23,8 @@ pub enum Command {
     Token(crate::token::TokenArgs),
     /// Register SMART Backend Services clients.
     Client(crate::client::ClientArgs),
+    /// Verify the tamper-evident audit ledger, or export its signed checkpoints.
+    Audit(crate::audit_cmd::AuditArgs),
     /// Generate a synthetic UK population as NDJSON (and transaction Bundles).
     Synth(crate::synth::SynthArgs),
     /// Load NDJSON files or folders (and Bundles) into a store or a server.
@@ -74,4 +76,24 @@ pub struct ServeArgs {
     pub base_url: Option<String>,
     #[command(flatten)]
     pub auth: crate::token::AuthArgs,
+    /// Folder of the audit checkpoint signing key (default: next to the
+    /// SQLite file; required for PostgreSQL).
+    #[arg(long, env = "CARELAYER_KEY_DIR")]
+    pub key_dir: Option<std::path::PathBuf>,
+    /// Sign an audit checkpoint after this many new ledger entries…
+    #[arg(
+        long,
+        env = "CARELAYER_AUDIT_CHECKPOINT_EVERY",
+        default_value_t = 1_000
+    )]
+    pub audit_checkpoint_every: u64,
+    /// …or after this many seconds with new entries.
+    #[arg(long, env = "CARELAYER_AUDIT_CHECKPOINT_SECONDS", default_value_t = 60)]
+    pub audit_checkpoint_seconds: u64,
+    /// Alert the privacy officer when one user reads more than this many
+    /// distinct patients within `--alert-window-seconds`.
+    #[arg(long, env = "CARELAYER_ALERT_PATIENTS", default_value_t = 50)]
+    pub alert_patients: usize,
+    #[arg(long, env = "CARELAYER_ALERT_WINDOW_SECONDS", default_value_t = 3_600)]
+    pub alert_window_seconds: u64,
 }

@@ -13,6 +13,7 @@
 //! - [`token`]: `carelayer token` and the server's authentication settings;
 //!   [`client`]: `carelayer client` (SMART Backend Services registry).
 
+pub mod audit_cmd;
 pub mod backend;
 pub mod bench;
 pub mod client;
@@ -36,6 +37,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(args).await,
         Command::Token(args) => token::run(&args),
         Command::Client(args) => client::run(&args),
+        Command::Audit(args) => audit_cmd::run(args).await,
         Command::Synth(args) => synth::run(&args),
         Command::Import(args) => import::run(args).await,
         Command::Migrate(args) => {

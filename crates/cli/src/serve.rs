@@ -2,7 +2,7 @@
 
 use anyhow::{Context, bail};
 use carelayer_http::HttpConfig;
-use carelayer_records::RecordsOptions;
+use carelayer_records::{AuditOptions, RecordsOptions};
 use tokio::net::TcpListener;
 
 use crate::backend;
@@ -28,6 +28,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         },
         records: RecordsOptions {
             max_bundle_entries: args.max_bundle_entries,
+            audit: AuditOptions {
+                key_dir: args.key_dir.clone(),
+                checkpoint_every: args.audit_checkpoint_every,
+                checkpoint_interval: std::time::Duration::from_secs(args.audit_checkpoint_seconds),
+                alert_patients: args.alert_patients,
+                alert_window: std::time::Duration::from_secs(args.alert_window_seconds),
+                ..AuditOptions::default()
+            },
             ..RecordsOptions::default()
         },
         demo: args.demo,

@@ -11,7 +11,9 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::audit_cmd::Checkpointer;
 use crate::backend;
+use carelayer_audit::SigningKey;
 
 /// What a server needs besides its listener.
 #[derive(Debug, Clone)]
@@ -28,6 +30,10 @@ pub struct RunningServer {
     /// `http://ADDR/fhir` (or the configured base URL).
     pub base_url: String,
     pub records: Arc<Records>,
+    /// Signs audit checkpoints in the background; stopped (with a final
+    /// checkpoint) by `stop`.
+    /// Boxed: the signing key is large and `RunningServer` is moved around.
+    checkpointer: Option<Box<(Checkpointer, SigningKey)>>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
 }
@@ -42,6 +48,15 @@ impl RunningServer {
             let _ = tx.send(());
         }
         let served = self.task.await.context("server task panicked")?;
+        if let Some(boxed) = self.checkpointer.take() {
+            let (checkpointer, key) = *boxed;
+            checkpointer.stop().await;
+            // Cover everything up to shutdown, so truncating the ledger
+            // while the server is down is detected.
+            if let Err(e) = self.records.audit_checkpoint(&key).await {
+                tracing::warn!(error = %e, "final audit checkpoint failed");
+            }
+        }
         self.records.close().await;
         Ok(served?)
     }
@@ -64,6 +79,10 @@ pub async fn start(config: ServerConfig, listener: TcpListener) -> anyhow::Resul
     if config.demo {
         crate::demo::load(&records, &base_url).await?;
     }
+    let key_dir =
+        crate::audit_cmd::key_dir(&config.database, config.records.audit.key_dir.as_deref())?;
+    let key = crate::audit_cmd::load_or_create_key(&key_dir)?;
+    let checkpointer = Checkpointer::start(Arc::clone(&records), key.clone());
     let app = carelayer_http::app(Arc::clone(&records), config.http.clone());
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(carelayer_http::serve(listener, app, async move {
@@ -73,6 +92,7 @@ pub async fn start(config: ServerConfig, listener: TcpListener) -> anyhow::Resul
         addr,
         base_url,
         records,
+        checkpointer: Some(Box::new((checkpointer, key))),
         shutdown: Some(tx),
         task,
     })

@@ -15,6 +15,7 @@
 //! - `prepare`: validation, `meta` stamping, index extraction.
 //! - [`RecordsError`]: domain errors; `http` maps them to OperationOutcomes.
 
+mod audit_log;
 mod bundle;
 pub mod clock;
 mod error;
@@ -32,6 +33,10 @@ use carelayer_audit::{Agent, AuditAction, AuditOutcome, AuditRecord, Channel};
 use carelayer_policy::{Action, Decision, Facts, Principal, Request};
 use carelayer_store::{SearchQuery, Store, StoredResource};
 
+pub use audit_log::{
+    Alert, AlertKind, AuditOptions, AuditPage, AuditScope, render_alerts, render_audit_event,
+    render_audit_searchset,
+};
 pub use bundle::{BundleKind, ReturnPreference, parse_etag, status_of};
 pub use carelayer_audit::Channel as AuditChannel;
 pub use carelayer_policy::Principal as CallerPrincipal;
@@ -129,6 +134,8 @@ pub struct RecordsOptions {
     pub max_page_size: usize,
     /// How often a write is re-planned when concurrent writers invalidated it.
     pub conflict_retries: usize,
+    /// The audit ledger: checkpoints, alerts and the bench-only read switch.
+    pub audit: AuditOptions,
 }
 
 impl Default for RecordsOptions {
@@ -138,6 +145,7 @@ impl Default for RecordsOptions {
             default_page_size: 50,
             max_page_size: 1_000,
             conflict_retries: 5,
+            audit: AuditOptions::default(),
         }
     }
 }

@@ -110,7 +110,7 @@ impl Records {
             purpose_of(&decision),
             None,
         );
-        self.store.append_audit(vec![record]).await?;
+        self.append_read_audit(vec![record]).await?;
         Ok(version)
     }
 }

@@ -480,6 +480,28 @@ impl Records {
         writes: &mut WriteSet,
     ) -> Result<WriteOutcome, RecordsError> {
         let ty = entry.resource_type.as_str();
+        if ty == "AuditEvent" {
+            // AuditEvents are served from the tamper-evident ledger only
+            // (see `audit_log`); stored copies could be forged or edited.
+            let refusal = Self::audit_record(
+                caller,
+                match entry.method {
+                    Method::Delete => AuditAction::Delete,
+                    Method::Post => AuditAction::Create,
+                    Method::Put => AuditAction::Update,
+                    Method::Patch => AuditAction::Patch,
+                },
+                AuditOutcome::Denied(
+                    "AuditEvent is read-only: served from the audit ledger".into(),
+                ),
+                None,
+                vec!["AuditEvent".into()],
+                "",
+                None,
+            );
+            self.store.append_audit(vec![refusal]).await?;
+            return Err(RecordsError::Forbidden);
+        }
         let id = match target {
             Resolved::Nothing => {
                 return Ok(WriteOutcome {

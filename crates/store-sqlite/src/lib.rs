@@ -36,6 +36,7 @@
 //! than by walking every resource of a type; [`SqliteStore::explain`] shows
 //! the plans.
 
+mod audit;
 mod error;
 mod read;
 mod schema;
@@ -49,10 +50,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use carelayer_audit::{AuditRecord, LedgerRow};
+use carelayer_audit::{AuditRecord, ChainHead, Checkpoint, LedgerRow};
 use carelayer_store::{
-    CommitReceipt, HistoryQuery, SearchPage, SearchQuery, Store, StoreError, StoredResource,
-    WriteSet,
+    AuditQuery, CommitReceipt, HistoryQuery, RawLedgerRow, SearchPage, SearchQuery, Store,
+    StoreError, StoredResource, WriteSet,
 };
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
@@ -328,6 +329,39 @@ impl Store for SqliteStore {
         self.readers
             .run(move |conn| read::audit_rows(conn, after_seq, limit))
             .await
+    }
+
+    async fn audit_search(&self, query: &AuditQuery) -> Result<Vec<LedgerRow>, StoreError> {
+        let q = query.clone();
+        self.readers.run(move |conn| audit::search(conn, &q)).await
+    }
+
+    async fn audit_head(&self) -> Result<ChainHead, StoreError> {
+        self.readers.run(|conn| audit::head(conn)).await
+    }
+
+    async fn audit_raw_rows(
+        &self,
+        after_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<RawLedgerRow>, StoreError> {
+        self.readers
+            .run(move |conn| audit::raw_rows(conn, after_seq, limit))
+            .await
+    }
+
+    async fn save_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(gone());
+        }
+        let (path, cp) = (self.path.clone(), checkpoint.clone());
+        tokio::task::spawn_blocking(move || audit::save_checkpoint(&path, &cp))
+            .await
+            .map_err(|e| StoreError::Other(format!("checkpoint task failed: {e}")))?
+    }
+
+    async fn checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError> {
+        self.readers.run(|conn| audit::checkpoints(conn)).await
     }
 
     async fn count(&self, resource_type: Option<&str>) -> Result<u64, StoreError> {

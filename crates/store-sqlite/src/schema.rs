@@ -142,8 +142,71 @@ CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit_ledger
     BEGIN SELECT RAISE(ABORT, 'the audit ledger is append-only'); END;
 ";
 
+/// Version 2 (audit ledger queries): `audit_index`, one row per ledger entry
+/// with the columns the patient's access log and the privacy officer filter
+/// on, written by the writer in the same transaction as the entry (see
+/// `audit.rs` for why it is a separate table); and `audit_checkpoints`, the
+/// signed ledger heads.
+///
+/// - Partial indexes lead with the filter column and end with `seq`, so "the
+///   newest entries about patient X" is one index range walked backwards.
+/// - Existing entries are indexed from their canonical JSON (read as TEXT:
+///   SQLite would take a BLOB argument to the JSON functions for JSONB).
+/// - Both tables are append-only like the ledger.
+const V2_AUDIT: &str = r"
+CREATE TABLE audit_index (
+    seq          INTEGER PRIMARY KEY,
+    recorded_at  INTEGER NOT NULL,
+    patient      TEXT,
+    agent_user   TEXT,
+    agent_org    TEXT,
+    agent_client TEXT,
+    action       TEXT    NOT NULL,
+    outcome      TEXT    NOT NULL,
+    break_glass  INTEGER NOT NULL
+);
+CREATE INDEX audit_index_patient ON audit_index(patient, seq) WHERE patient IS NOT NULL;
+CREATE INDEX audit_index_org ON audit_index(agent_org, seq) WHERE agent_org IS NOT NULL;
+CREATE INDEX audit_index_user ON audit_index(agent_user, seq) WHERE agent_user IS NOT NULL;
+CREATE INDEX audit_index_client ON audit_index(agent_client, seq) WHERE agent_client IS NOT NULL;
+CREATE INDEX audit_index_time ON audit_index(recorded_at, seq);
+CREATE INDEX audit_index_break_glass ON audit_index(seq) WHERE break_glass = 1;
+INSERT INTO audit_index
+    (seq, recorded_at, patient, agent_user, agent_org, agent_client, action, outcome, break_glass)
+SELECT seq,
+       json_extract(CAST(record AS TEXT), '$.recorded_at'),
+       json_extract(CAST(record AS TEXT), '$.patient'),
+       json_extract(CAST(record AS TEXT), '$.agent.user'),
+       json_extract(CAST(record AS TEXT), '$.agent.org'),
+       json_extract(CAST(record AS TEXT), '$.agent.client'),
+       json_extract(CAST(record AS TEXT), '$.action'),
+       json_extract(CAST(record AS TEXT), '$.outcome'),
+       CASE WHEN json_extract(CAST(record AS TEXT), '$.action')
+                 IN ('break-glass-start', 'break-glass-stop')
+              OR substr(json_extract(CAST(record AS TEXT), '$.purpose'), 1, 13) = 'break-glass: '
+            THEN 1 ELSE 0 END
+FROM audit_ledger;
+CREATE TRIGGER audit_index_no_update BEFORE UPDATE ON audit_index
+    BEGIN SELECT RAISE(ABORT, 'the audit ledger is append-only'); END;
+CREATE TRIGGER audit_index_no_delete BEFORE DELETE ON audit_index
+    BEGIN SELECT RAISE(ABORT, 'the audit ledger is append-only'); END;
+
+CREATE TABLE audit_checkpoints (
+    seq       INTEGER NOT NULL,
+    key_id    TEXT    NOT NULL,
+    head_hash BLOB    NOT NULL,
+    signed_at INTEGER NOT NULL,
+    signature BLOB    NOT NULL,
+    PRIMARY KEY (seq, key_id)
+) WITHOUT ROWID;
+CREATE TRIGGER audit_checkpoints_no_update BEFORE UPDATE ON audit_checkpoints
+    BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END;
+CREATE TRIGGER audit_checkpoints_no_delete BEFORE DELETE ON audit_checkpoints
+    BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END;
+";
+
 /// Ordered migrations; index + 1 is the schema version it produces.
-pub(crate) const MIGRATIONS: &[&str] = &[V1];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2_AUDIT];
 
 /// The index tables, in the order rows are cleared on update/delete.
 pub(crate) const INDEX_TABLES: &[&str] = &[

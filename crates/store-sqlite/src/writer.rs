@@ -479,6 +479,8 @@ fn append(conn: &Connection, records: &[AuditRecord], head: &mut Head) -> Result
         let seq = head.seq + 1;
         stmt.execute(params![seq, bytes, &hash[..]])
             .map_err(sql_err)?;
+        // The query columns commit with the entry (same transaction).
+        crate::audit::index_entry(conn, seq, record)?;
         *head = Head { seq, hash };
     }
     Ok(())

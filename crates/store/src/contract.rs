@@ -28,8 +28,8 @@ use carelayer_audit::{
 use carelayer_fhir::search::{IndexEntry, IndexValue};
 
 use crate::{
-    Clause, HistoryQuery, HistoryScope, IndexTest, Precondition, Predicate, Prefix, ResourceWrite,
-    SearchQuery, SortKey, Store, StoreError, TotalMode, WriteSet,
+    AuditQuery, Clause, HistoryQuery, HistoryScope, IndexTest, OutcomeClass, Precondition,
+    Predicate, Prefix, ResourceWrite, SearchQuery, SortKey, Store, StoreError, TotalMode, WriteSet,
 };
 
 /// Expands to one `#[tokio::test]` per contract check. `$make` is an async
@@ -60,6 +60,8 @@ macro_rules! contract_tests {
             concurrent_audit_appends,
             failed_write_does_not_disturb_others,
             count_by_type,
+            audit_search_filters,
+            audit_head_raw_rows_checkpoints,
         );
     };
     (@each $make:path; $($name:ident),* $(,)?) => {
@@ -1954,4 +1956,345 @@ pub async fn count_by_type(store: &dyn Store) {
     assert_eq!(store.count(Some("Observation")).await.unwrap(), 1);
     assert_eq!(store.count(Some("Condition")).await.unwrap(), 0);
     assert_eq!(store.count(None).await.unwrap(), 3);
+}
+
+// ---------------------------------------------------------------- audit queries
+
+/// An audit record with the fields the ledger's filters look at.
+#[allow(clippy::too_many_arguments)]
+fn audit_of(
+    at: i64,
+    action: AuditAction,
+    outcome: AuditOutcome,
+    user: Option<&str>,
+    org: Option<&str>,
+    client: Option<&str>,
+    patient: Option<&str>,
+    purpose: &str,
+) -> AuditRecord {
+    AuditRecord {
+        recorded_at: at,
+        action,
+        outcome,
+        agent: Agent {
+            user: user.map(str::to_owned),
+            org: org.map(str::to_owned),
+            client: client.map(str::to_owned),
+            display: "agent".into(),
+            ..Agent::default()
+        },
+        patient: patient.map(str::to_owned),
+        resources: vec![],
+        purpose: purpose.into(),
+        channel: Channel::Rest,
+        detail: None,
+    }
+}
+
+async fn seqs(store: &dyn Store, q: AuditQuery) -> Vec<i64> {
+    store
+        .audit_search(&q)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.seq)
+        .collect()
+}
+
+/// `audit_search` filters by patient, org, agent (user or client), action,
+/// outcome, time range and break-glass; newest first; paging by
+/// `before_seq`; rows come back exactly as appended (whether the entry was
+/// appended alone or inside a write set).
+pub async fn audit_search_filters(store: &dyn Store) {
+    use AuditAction::{BreakGlassStart, Create, Read, Search};
+    let denied = || AuditOutcome::Denied("no relationship".into());
+    let entries = [
+        // 1..=6
+        audit_of(
+            100,
+            Read,
+            AuditOutcome::Success,
+            Some("u1"),
+            Some("A1"),
+            None,
+            Some("p1"),
+            "TREAT",
+        ),
+        audit_of(
+            200,
+            Search,
+            AuditOutcome::Success,
+            Some("u1"),
+            Some("A1"),
+            None,
+            Some("p2"),
+            "TREAT",
+        ),
+        audit_of(
+            300,
+            Read,
+            denied(),
+            Some("u2"),
+            Some("B2"),
+            None,
+            Some("p1"),
+            "",
+        ),
+        audit_of(
+            400,
+            Read,
+            AuditOutcome::Success,
+            None,
+            Some("B2"),
+            Some("c9"),
+            Some("p1"),
+            "TREAT",
+        ),
+        audit_of(
+            500,
+            BreakGlassStart,
+            AuditOutcome::Success,
+            Some("u2"),
+            Some("B2"),
+            None,
+            Some("p2"),
+            "unconscious",
+        ),
+        audit_of(
+            600,
+            Read,
+            AuditOutcome::Success,
+            Some("u2"),
+            Some("B2"),
+            None,
+            Some("p2"),
+            "break-glass: unconscious",
+        ),
+    ];
+    store.append_audit(entries[..5].to_vec()).await.unwrap();
+    store
+        .commit(WriteSet {
+            preconditions: vec![],
+            resources: vec![],
+            audit: vec![entries[5].clone()],
+        })
+        .await
+        .unwrap();
+    let q = || AuditQuery {
+        limit: 100,
+        ..AuditQuery::default()
+    };
+    assert_eq!(
+        seqs(store, q()).await,
+        vec![6, 5, 4, 3, 2, 1],
+        "newest first"
+    );
+    let all = store.audit_search(&q()).await.unwrap();
+    for row in &all {
+        assert_eq!(row.record, entries[usize::try_from(row.seq - 1).unwrap()]);
+    }
+    let rows = store.audit_rows(0, 100).await.unwrap();
+    assert_eq!(
+        all.iter().rev().map(|r| r.hash).collect::<Vec<_>>(),
+        rows.iter().map(|r| r.hash).collect::<Vec<_>>(),
+        "search returns the ledger's own rows and hashes"
+    );
+    let cases: Vec<(&str, AuditQuery, Vec<i64>)> = vec![
+        (
+            "patient p1",
+            AuditQuery {
+                patient: Some("p1".into()),
+                ..q()
+            },
+            vec![4, 3, 1],
+        ),
+        (
+            "patient none",
+            AuditQuery {
+                patient: Some("p3".into()),
+                ..q()
+            },
+            vec![],
+        ),
+        (
+            "org B2",
+            AuditQuery {
+                org: Some("B2".into()),
+                ..q()
+            },
+            vec![6, 5, 4, 3],
+        ),
+        (
+            "agent user u1",
+            AuditQuery {
+                agent: Some("u1".into()),
+                ..q()
+            },
+            vec![2, 1],
+        ),
+        (
+            "agent client c9",
+            AuditQuery {
+                agent: Some("c9".into()),
+                ..q()
+            },
+            vec![4],
+        ),
+        (
+            "action read",
+            AuditQuery {
+                actions: vec![Read],
+                ..q()
+            },
+            vec![6, 4, 3, 1],
+        ),
+        (
+            "action read|create",
+            AuditQuery {
+                actions: vec![Read, Create, Search],
+                ..q()
+            },
+            vec![6, 4, 3, 2, 1],
+        ),
+        (
+            "denied",
+            AuditQuery {
+                outcomes: vec![OutcomeClass::Denied],
+                ..q()
+            },
+            vec![3],
+        ),
+        (
+            "denied|failed",
+            AuditQuery {
+                outcomes: vec![OutcomeClass::Denied, OutcomeClass::Failed],
+                ..q()
+            },
+            vec![3],
+        ),
+        (
+            "success",
+            AuditQuery {
+                outcomes: vec![OutcomeClass::Success],
+                ..q()
+            },
+            vec![6, 5, 4, 2, 1],
+        ),
+        (
+            "from 300",
+            AuditQuery {
+                from: Some(300),
+                ..q()
+            },
+            vec![6, 5, 4, 3],
+        ),
+        (
+            "to 300 exclusive",
+            AuditQuery {
+                to: Some(300),
+                ..q()
+            },
+            vec![2, 1],
+        ),
+        (
+            "200 <= t < 500",
+            AuditQuery {
+                from: Some(200),
+                to: Some(500),
+                ..q()
+            },
+            vec![4, 3, 2],
+        ),
+        (
+            "break-glass",
+            AuditQuery {
+                break_glass: Some(true),
+                ..q()
+            },
+            vec![6, 5],
+        ),
+        (
+            "not break-glass",
+            AuditQuery {
+                break_glass: Some(false),
+                ..q()
+            },
+            vec![4, 3, 2, 1],
+        ),
+        (
+            "p1 and org B2 and read",
+            AuditQuery {
+                patient: Some("p1".into()),
+                org: Some("B2".into()),
+                actions: vec![Read],
+                ..q()
+            },
+            vec![4, 3],
+        ),
+        ("first page", AuditQuery { limit: 2, ..q() }, vec![6, 5]),
+        (
+            "next page",
+            AuditQuery {
+                limit: 2,
+                before_seq: Some(5),
+                ..q()
+            },
+            vec![4, 3],
+        ),
+        (
+            "p1 page after 4",
+            AuditQuery {
+                patient: Some("p1".into()),
+                before_seq: Some(4),
+                ..q()
+            },
+            vec![3, 1],
+        ),
+        ("limit 0", AuditQuery { limit: 0, ..q() }, vec![]),
+    ];
+    for (name, query, expected) in cases {
+        assert_eq!(seqs(store, query).await, expected, "{name}");
+    }
+}
+
+/// The head follows commits; raw rows are the stored bytes (they decode to
+/// the appended records and chain); checkpoints round-trip and saving one
+/// twice is harmless.
+pub async fn audit_head_raw_rows_checkpoints(store: &dyn Store) {
+    assert_eq!(
+        store.audit_head().await.unwrap(),
+        carelayer_audit::ChainHead::genesis()
+    );
+    assert!(store.audit_raw_rows(0, 10).await.unwrap().is_empty());
+    assert!(store.checkpoints().await.unwrap().is_empty());
+    store
+        .append_audit(vec![audit("1"), audit("2"), audit("3")])
+        .await
+        .unwrap();
+    let rows = store.audit_rows(0, 10).await.unwrap();
+    let head = store.audit_head().await.unwrap();
+    assert_eq!((head.seq, head.hash), (3, rows[2].hash));
+    let raw = store.audit_raw_rows(1, 10).await.unwrap();
+    assert_eq!(raw.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![2, 3]);
+    for (r, row) in raw.iter().zip(&rows[1..]) {
+        assert_eq!(r.record, carelayer_audit::canonical_bytes(&row.record));
+        assert_eq!(r.hash, row.hash.to_vec());
+    }
+    assert_eq!(store.audit_raw_rows(0, 1).await.unwrap().len(), 1);
+
+    let key = carelayer_audit::SigningKey::from_bytes(&[7; 32]);
+    let first = carelayer_audit::sign_checkpoint(&key, 2, rows[1].hash, T0);
+    let second = carelayer_audit::sign_checkpoint(&key, 3, head.hash, T0 + 1);
+    store.save_checkpoint(&second).await.unwrap();
+    store.save_checkpoint(&first).await.unwrap();
+    store.save_checkpoint(&first).await.unwrap();
+    let kept = store.checkpoints().await.unwrap();
+    assert_eq!(
+        kept,
+        vec![first.clone(), second],
+        "ascending by seq, no duplicates"
+    );
+    for cp in &kept {
+        carelayer_audit::verify_checkpoint(cp, &key.verifying_key()).unwrap();
+    }
 }

@@ -14,12 +14,14 @@
 //! The trait is deliberately small: conditional operations, version numbering,
 //! `meta` stamping and bundle semantics are built once above it, in `records`.
 
+mod audit;
 #[cfg(feature = "contract")]
 pub mod contract;
 mod error;
 mod query;
 mod types;
 
+pub use audit::{AuditQuery, OutcomeClass, RawLedgerRow};
 pub use error::StoreError;
 pub use query::*;
 pub use types::*;
@@ -95,6 +97,64 @@ pub trait Store: Send + Sync + 'static {
         after_seq: i64,
         limit: usize,
     ) -> Result<Vec<carelayer_audit::LedgerRow>, StoreError>;
+
+    /// Ledger rows matching the filters, newest first (see [`AuditQuery`]).
+    /// Rows are decoded from the stored canonical bytes, never from the
+    /// queryable columns, so a filter column cannot change what is shown.
+    ///
+    /// The default refuses: backends that keep a ledger override it.
+    ///
+    /// # Errors
+    /// [`StoreError::Unsupported`] when the backend has no ledger queries;
+    /// [`StoreError::Other`] when a stored row does not decode.
+    async fn audit_search(
+        &self,
+        _query: &AuditQuery,
+    ) -> Result<Vec<carelayer_audit::LedgerRow>, StoreError> {
+        Err(StoreError::Unsupported("audit ledger search".into()))
+    }
+
+    /// The ledger's committed head: the last row's seq and hash
+    /// ([`carelayer_audit::ChainHead::genesis`] for an empty ledger).
+    ///
+    /// # Errors
+    /// [`StoreError::Unsupported`] by default; backend failures.
+    async fn audit_head(&self) -> Result<carelayer_audit::ChainHead, StoreError> {
+        Err(StoreError::Unsupported("audit ledger head".into()))
+    }
+
+    /// Ledger rows exactly as stored, in ascending seq after `after_seq`
+    /// (for verification: undecodable rows are returned, not refused).
+    ///
+    /// # Errors
+    /// [`StoreError::Unsupported`] by default; backend failures.
+    async fn audit_raw_rows(
+        &self,
+        _after_seq: i64,
+        _limit: usize,
+    ) -> Result<Vec<RawLedgerRow>, StoreError> {
+        Err(StoreError::Unsupported("raw audit ledger rows".into()))
+    }
+
+    /// Keep a signed checkpoint. Saving one that is already kept (same seq
+    /// and key) is not an error.
+    ///
+    /// # Errors
+    /// [`StoreError::Unsupported`] by default; backend failures.
+    async fn save_checkpoint(
+        &self,
+        _checkpoint: &carelayer_audit::Checkpoint,
+    ) -> Result<(), StoreError> {
+        Err(StoreError::Unsupported("audit checkpoints".into()))
+    }
+
+    /// Every kept checkpoint, ascending by seq.
+    ///
+    /// # Errors
+    /// [`StoreError::Unsupported`] by default; backend failures.
+    async fn checkpoints(&self) -> Result<Vec<carelayer_audit::Checkpoint>, StoreError> {
+        Err(StoreError::Unsupported("audit checkpoints".into()))
+    }
 
     /// Number of current, non-deleted resources of a type (all types when `None`).
     ///

@@ -68,6 +68,11 @@ pub struct BenchArgs {
     /// A tiny run (2 s per workload, 4 clients) to check the harness works.
     #[arg(long)]
     pub quick: bool,
+    /// Measurement only: serve reads without writing their audit entries
+    /// (in-process server), to compare read throughput with audit on and
+    /// off. A real server always audits every read.
+    #[arg(long)]
+    pub no_read_audit: bool,
     /// Run the data-set bench: generate (or reuse) `carelayer synth` data
     /// of this many patients, import it, then run the search, read,
     /// transaction and `$everything` workloads over it.
@@ -122,7 +127,12 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
         None => Limit::Duration(Duration::from_secs_f64(args.seconds)),
     };
 
-    let target = Target::start(args.server.as_deref(), args.database.as_deref()).await?;
+    let target = Target::start(
+        args.server.as_deref(),
+        args.database.as_deref(),
+        !args.no_read_audit,
+    )
+    .await?;
     let client = driver::client(args.clients)?;
     eprintln!(
         "bench: {} at {} with {} clients, {} per workload",

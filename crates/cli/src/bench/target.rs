@@ -4,7 +4,7 @@
 
 use anyhow::Context;
 use carelayer_http::HttpConfig;
-use carelayer_records::RecordsOptions;
+use carelayer_records::{AuditOptions, RecordsOptions};
 use tokio::net::TcpListener;
 
 use crate::server::{RunningServer, ServerConfig, start};
@@ -27,6 +27,7 @@ impl Target {
     pub(crate) async fn start(
         remote: Option<&str>,
         database: Option<&str>,
+        audit_reads: bool,
     ) -> anyhow::Result<Self> {
         if let Some(url) = remote {
             let base_url = url.trim_end_matches('/').to_owned();
@@ -52,7 +53,14 @@ impl Target {
         let config = ServerConfig {
             database: database.clone(),
             http: HttpConfig::default(),
-            records: RecordsOptions::default(),
+            records: RecordsOptions {
+                // Off only for `--no-read-audit`, to measure audit overhead.
+                audit: AuditOptions {
+                    audit_reads,
+                    ..AuditOptions::default()
+                },
+                ..RecordsOptions::default()
+            },
             demo: false,
         };
         let server = start(config, listener).await?;

@@ -1,6 +1,7 @@
 //! The FHIR base: one dispatcher for FHIR's URL grammar (R4 http §3.1.0),
 //! then a file per interaction.
 
+mod audit;
 mod bundle;
 mod history;
 mod import;
@@ -109,6 +110,13 @@ async fn route(
         )))
     };
     match (segs.as_slice(), &method) {
+        (["AuditEvent"], &Method::GET) => audit::search(ctx).await,
+        (["AuditEvent", "_search"], &Method::POST) => audit::search_post(ctx).await,
+        (["AuditEvent", "$alerts"], &Method::GET) => audit::alerts(ctx).await,
+        (["AuditEvent", id], &Method::GET) if !id.starts_with(['$', '_']) => {
+            audit::read(ctx, id).await
+        }
+        (["AuditEvent", ..], _) if !segs.contains(&"$validate") => audit::refuse(&method, &path),
         ([], &Method::POST) => bundle::process(ctx).await,
         ([], &Method::GET) => search::search(ctx, None).await,
         ([], _) => not_allowed(),

@@ -1,0 +1,247 @@
+//! The audit ledger's queries: the filter index written beside each entry,
+//! search over it, the committed head, raw rows for verification, and signed
+//! checkpoints.
+//!
+//! Why a separate `audit_index` table rather than columns on `audit_ledger`:
+//! the ledger row is the evidence (canonical bytes + chain hash) and stays
+//! exactly as version 1 defined it; the index is a derived, rebuildable view
+//! for queries. Search filters on the index but always returns the decoded
+//! ledger row, so a tampered index can hide or misfile an entry in a search
+//! but can never change what an entry says (and verification never reads it).
+
+use std::path::Path;
+use std::time::Duration;
+
+use carelayer_audit::{AuditRecord, ChainHead, Checkpoint, LedgerRow};
+use carelayer_store::{AuditQuery, RawLedgerRow, StoreError};
+use rusqlite::types::Value;
+use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
+
+use crate::error::sql_err;
+
+/// Write the index row of one ledger entry (called by the writer in the same
+/// transaction as the ledger insert).
+pub(crate) fn index_entry(
+    conn: &Connection,
+    seq: i64,
+    record: &AuditRecord,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO audit_index (seq, recorded_at, patient, agent_user, agent_org, \
+         agent_client, action, outcome, break_glass) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            seq,
+            record.recorded_at,
+            record.patient,
+            record.agent.user,
+            record.agent.org,
+            record.agent.client,
+            record.action.as_str(),
+            record.outcome.code(),
+            i64::from(record.is_break_glass()),
+        ])
+    })
+    .map(|_| ())
+    .map_err(sql_err)
+}
+
+fn decode_row(seq: i64, record: &[u8], hash: Vec<u8>) -> Result<LedgerRow, StoreError> {
+    let record = carelayer_audit::decode(record)
+        .map_err(|e| StoreError::Other(format!("audit row {seq}: {e}")))?;
+    let hash: [u8; 32] = hash
+        .try_into()
+        .map_err(|_| StoreError::Other(format!("audit row {seq}: hash is not 32 bytes")))?;
+    Ok(LedgerRow { seq, record, hash })
+}
+
+/// Ledger rows matching `q`, newest first.
+pub(crate) fn search(conn: &Connection, q: &AuditQuery) -> Result<Vec<LedgerRow>, StoreError> {
+    if q.limit == 0 {
+        return Ok(Vec::new());
+    }
+    let mut sql = String::from(
+        "SELECT i.seq, l.record, l.hash FROM audit_index i \
+         JOIN audit_ledger l ON l.seq = i.seq WHERE 1 = 1",
+    );
+    let mut args: Vec<Value> = Vec::new();
+    // Placeholder for the next bound value.
+    let mut arg = |v: Value| {
+        args.push(v);
+        format!("?{}", args.len())
+    };
+    if let Some(p) = &q.patient {
+        sql.push_str(&format!(" AND i.patient = {}", arg(Value::Text(p.clone()))));
+    }
+    if let Some(o) = &q.org {
+        sql.push_str(&format!(
+            " AND i.agent_org = {}",
+            arg(Value::Text(o.clone()))
+        ));
+    }
+    if let Some(a) = &q.agent {
+        // One parameter used twice: the agent is a user or a client.
+        let n = arg(Value::Text(a.clone()));
+        sql.push_str(&format!(
+            " AND (i.agent_user = {n} OR i.agent_client = {n})"
+        ));
+    }
+    if !q.actions.is_empty() {
+        let list: Vec<String> = q
+            .actions
+            .iter()
+            .map(|a| arg(Value::Text(a.as_str().to_owned())))
+            .collect();
+        sql.push_str(&format!(" AND i.action IN ({})", list.join(", ")));
+    }
+    if !q.outcomes.is_empty() {
+        let list: Vec<String> = q
+            .outcomes
+            .iter()
+            .map(|o| arg(Value::Text(o.as_str().to_owned())))
+            .collect();
+        sql.push_str(&format!(" AND i.outcome IN ({})", list.join(", ")));
+    }
+    if let Some(from) = q.from {
+        sql.push_str(&format!(
+            " AND i.recorded_at >= {}",
+            arg(Value::Integer(from))
+        ));
+    }
+    if let Some(to) = q.to {
+        sql.push_str(&format!(" AND i.recorded_at < {}", arg(Value::Integer(to))));
+    }
+    if let Some(bg) = q.break_glass {
+        let n = arg(Value::Integer(i64::from(bg)));
+        sql.push_str(&format!(" AND i.break_glass = {n}"));
+    }
+    if let Some(before) = q.before_seq {
+        sql.push_str(&format!(" AND i.seq < {}", arg(Value::Integer(before))));
+    }
+    let limit = arg(Value::Integer(i64::try_from(q.limit).unwrap_or(i64::MAX)));
+    sql.push_str(&format!(" ORDER BY i.seq DESC LIMIT {limit}"));
+    let mut stmt = conn.prepare_cached(&sql).map_err(sql_err)?;
+    let raw: Vec<(i64, Vec<u8>, Vec<u8>)> = stmt
+        .query_map(params_from_iter(args.iter()), |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .and_then(Iterator::collect)
+        .map_err(sql_err)?;
+    raw.into_iter()
+        .map(|(seq, record, hash)| decode_row(seq, &record, hash))
+        .collect()
+}
+
+/// The last committed ledger row's seq and hash.
+pub(crate) fn head(conn: &Connection) -> Result<ChainHead, StoreError> {
+    let row: Option<(i64, Vec<u8>)> = conn
+        .prepare_cached("SELECT seq, hash FROM audit_ledger ORDER BY seq DESC LIMIT 1")
+        .and_then(|mut s| s.query_row([], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+        .map_err(sql_err)?;
+    match row {
+        None => Ok(ChainHead::genesis()),
+        Some((seq, hash)) => {
+            let hash: [u8; 32] = hash
+                .try_into()
+                .map_err(|_| StoreError::Other(format!("audit row {seq}: hash is not 32 bytes")))?;
+            Ok(ChainHead { seq, hash })
+        }
+    }
+}
+
+/// Rows as stored, ascending, after `after`.
+pub(crate) fn raw_rows(
+    conn: &Connection,
+    after: i64,
+    limit: usize,
+) -> Result<Vec<RawLedgerRow>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT seq, record, hash FROM audit_ledger WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )
+        .map_err(sql_err)?;
+    stmt.query_map(
+        params![after, i64::try_from(limit).unwrap_or(i64::MAX)],
+        |r| {
+            Ok(RawLedgerRow {
+                seq: r.get(0)?,
+                // An attacker may have stored TEXT or NULL: read any type as bytes.
+                record: blob_or_text(r.get_ref(1)?),
+                hash: blob_or_text(r.get_ref(2)?),
+            })
+        },
+    )
+    .and_then(Iterator::collect)
+    .map_err(sql_err)
+}
+
+fn blob_or_text(v: rusqlite::types::ValueRef<'_>) -> Vec<u8> {
+    use rusqlite::types::ValueRef;
+    match v {
+        ValueRef::Blob(b) | ValueRef::Text(b) => b.to_vec(),
+        ValueRef::Null => Vec::new(),
+        ValueRef::Integer(i) => i.to_string().into_bytes(),
+        ValueRef::Real(f) => f.to_string().into_bytes(),
+    }
+}
+
+/// A stored checkpoint: seq, head hash, signed at, key id, signature.
+type CheckpointRow = (i64, Vec<u8>, i64, String, Vec<u8>);
+
+/// Every kept checkpoint, ascending by seq.
+pub(crate) fn checkpoints(conn: &Connection) -> Result<Vec<Checkpoint>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT seq, head_hash, signed_at, key_id, signature FROM audit_checkpoints \
+             ORDER BY seq, key_id",
+        )
+        .map_err(sql_err)?;
+    let raw: Vec<CheckpointRow> = stmt
+        .query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .and_then(Iterator::collect)
+        .map_err(sql_err)?;
+    raw.into_iter()
+        .map(|(seq, head_hash, signed_at, key_id, signature)| {
+            let bad = |what: &str| StoreError::Other(format!("checkpoint {seq}: bad {what}"));
+            Ok(Checkpoint {
+                seq,
+                head_hash: head_hash.try_into().map_err(|_| bad("head hash"))?,
+                signed_at,
+                key_id,
+                signature: signature.try_into().map_err(|_| bad("signature"))?,
+            })
+        })
+        .collect()
+}
+
+/// How long saving a checkpoint waits for the writer thread's transaction.
+/// Checkpoints are background work, so waiting long is better than failing.
+const CHECKPOINT_BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Insert a checkpoint on a connection of its own.
+///
+/// Why not through the writer thread: checkpoints are rare (every N entries
+/// or T seconds) and must not add a job kind to the hot write path; SQLite
+/// serialises this short transaction with the writer's batches.
+pub(crate) fn save_checkpoint(path: &Path, cp: &Checkpoint) -> Result<(), StoreError> {
+    let conn = Connection::open(path).map_err(sql_err)?;
+    conn.busy_timeout(CHECKPOINT_BUSY_TIMEOUT)
+        .map_err(sql_err)?;
+    conn.execute(
+        "INSERT OR IGNORE INTO audit_checkpoints (seq, key_id, head_hash, signed_at, signature) \
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            cp.seq,
+            cp.key_id,
+            &cp.head_hash[..],
+            cp.signed_at,
+            &cp.signature[..]
+        ],
+    )
+    .map_err(sql_err)?;
+    Ok(())
+}
