@@ -18,9 +18,13 @@
 mod audit_log;
 mod bundle;
 pub mod clock;
+mod elements;
 mod error;
+mod everything;
 mod history;
+mod include;
 mod import;
+mod paging;
 mod prepare;
 mod read;
 pub mod render;
@@ -134,6 +138,13 @@ pub struct RecordsOptions {
     pub max_page_size: usize,
     /// How often a write is re-planned when concurrent writers invalidated it.
     pub conflict_retries: usize,
+    /// Most resources `_include`/`_revinclude` add to one page; beyond it the
+    /// page carries an OperationOutcome entry saying the set is incomplete.
+    pub max_includes: usize,
+    /// Most matches pinned for stable paging of one search (see `paging`).
+    pub search_snapshot_max: usize,
+    /// Most pinned result sets kept at once (oldest evicted).
+    pub search_snapshots: usize,
     /// The audit ledger: checkpoints, alerts and the bench-only read switch.
     pub audit: AuditOptions,
 }
@@ -145,6 +156,9 @@ impl Default for RecordsOptions {
             default_page_size: 50,
             max_page_size: 1_000,
             conflict_retries: 5,
+            max_includes: 1_000,
+            search_snapshot_max: 10_000,
+            search_snapshots: 256,
             audit: AuditOptions::default(),
         }
     }
@@ -154,12 +168,18 @@ impl Default for RecordsOptions {
 pub struct Records {
     store: Arc<dyn Store>,
     options: RecordsOptions,
+    /// Pinned result sets of multi-page searches.
+    snapshots: paging::SnapshotCache,
 }
 
 impl Records {
     #[must_use]
     pub fn new(store: Arc<dyn Store>, options: RecordsOptions) -> Self {
-        Self { store, options }
+        Self {
+            store,
+            options,
+            snapshots: paging::SnapshotCache::default(),
+        }
     }
 
     #[must_use]
@@ -293,49 +313,50 @@ fn query_string(params: &[(String, String)]) -> String {
         .join("&")
 }
 
-/// A searchset Bundle for one page of results, with `self` and `next` links.
+/// A searchset Bundle for one page of results, with `self`, `next` and
+/// `previous` links; included resources as `search.mode = include` and
+/// warnings as an OperationOutcome entry (`search.mode = outcome`).
 #[must_use]
 pub fn render_searchset(
     outcome: &SearchOutcome,
     request: &SearchRequest,
     base_url: &str,
 ) -> Vec<u8> {
-    let path = match &request.resource_type {
-        Some(ty) => format!("{base_url}/{ty}"),
-        None => base_url.to_owned(),
+    let path = match (&outcome.path, &request.resource_type) {
+        (Some(p), _) => format!("{base_url}/{p}"),
+        (None, Some(ty)) => format!("{base_url}/{ty}"),
+        (None, None) => base_url.to_owned(),
     };
-    let mut self_params = outcome.applied.clone();
-    if outcome.offset > 0 {
-        self_params.push(("_offset".into(), outcome.offset.to_string()));
-        self_params.push(("_snapshot".into(), outcome.snapshot_seq.to_string()));
-    }
+    let paging = |offset: usize| {
+        let mut params: Vec<(String, String)> = outcome
+            .applied
+            .iter()
+            .filter(|(k, _)| k != "_count")
+            .cloned()
+            .collect();
+        params.push(("_count".into(), outcome.count.to_string()));
+        params.push(("_offset".into(), offset.to_string()));
+        params.push(("_snapshot".into(), outcome.snapshot_seq.to_string()));
+        if let Some(t) = &outcome.page_token {
+            params.push(("_page".into(), t.clone()));
+        }
+        params
+    };
+    let self_params = if outcome.offset > 0 {
+        paging(outcome.offset)
+    } else {
+        outcome.applied.clone()
+    };
     let mut links = vec![("self", format!("{path}{}", query_suffix(&self_params)))];
     if let Some(next) = outcome.next_offset {
-        let mut next_params: Vec<(String, String)> = outcome
-            .applied
-            .iter()
-            .filter(|(k, _)| k != "_count")
-            .cloned()
-            .collect();
-        next_params.push(("_count".into(), outcome.count.to_string()));
-        next_params.push(("_offset".into(), next.to_string()));
-        next_params.push(("_snapshot".into(), outcome.snapshot_seq.to_string()));
-        links.push(("next", format!("{path}?{}", query_string(&next_params))));
+        links.push(("next", format!("{path}?{}", query_string(&paging(next)))));
     }
     if outcome.offset > 0 {
-        let mut prev_params: Vec<(String, String)> = outcome
-            .applied
-            .iter()
-            .filter(|(k, _)| k != "_count")
-            .cloned()
-            .collect();
-        prev_params.push(("_count".into(), outcome.count.to_string()));
-        prev_params.push((
-            "_offset".into(),
-            outcome.offset.saturating_sub(outcome.count).to_string(),
+        let prev = outcome.offset.saturating_sub(outcome.count);
+        links.push((
+            "previous",
+            format!("{path}?{}", query_string(&paging(prev))),
         ));
-        prev_params.push(("_snapshot".into(), outcome.snapshot_seq.to_string()));
-        links.push(("previous", format!("{path}?{}", query_string(&prev_params))));
     }
     let mut bundle = render::BundleBuilder::new("searchset", outcome.total, &links);
     let search = serde_json::json!({"mode": "match"});
@@ -345,6 +366,36 @@ pub fn render_searchset(
             Some(&v.json),
             &[("search", search.clone())],
         );
+    }
+    let include = serde_json::json!({"mode": "include"});
+    for v in &outcome.included {
+        bundle.entry(
+            Some(&render::full_url(base_url, v)),
+            Some(&v.json),
+            &[("search", include.clone())],
+        );
+    }
+    if !outcome.warnings.is_empty() || !outcome.ignored.is_empty() {
+        let mut issues: Vec<serde_json::Value> = outcome
+            .warnings
+            .iter()
+            .map(|w| serde_json::json!({"severity": "warning", "code": "too-costly", "diagnostics": w}))
+            .collect();
+        for name in &outcome.ignored {
+            issues.push(serde_json::json!({
+                "severity": "warning",
+                "code": "not-supported",
+                "diagnostics": format!("search parameter '{name}' was ignored (Prefer: handling=lenient)")
+            }));
+        }
+        let oo = serde_json::json!({"resourceType": "OperationOutcome", "issue": issues});
+        if let Ok(bytes) = serde_json::to_vec(&oo) {
+            bundle.entry(
+                None,
+                Some(&bytes),
+                &[("search", serde_json::json!({"mode": "outcome"}))],
+            );
+        }
     }
     bundle.finish()
 }

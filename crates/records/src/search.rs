@@ -3,13 +3,42 @@
 //!
 //! Parameter definitions come from the official R4 SearchParameters (via
 //! `carelayer_fhir::search`); value syntax follows FHIR R4 search §3.1.1.
+//!
+//! What is understood, beyond `name=value` on every indexed parameter:
+//! - modifiers: `:missing` (all types); token `:not :text :of-type`, and
+//!   `:above :below` (without a terminology server a code subsumes only
+//!   itself, so they match the code exactly); string `:exact :contains`;
+//!   uri `:above :below`; reference `:identifier`, `:{Type}`; token
+//!   `:in`/`:not-in` need a terminology service and are refused as
+//!   not supported;
+//! - chaining `subject:Patient.identifier=…` (any depth up to
+//!   [`MAX_DEPTH`]; without a type, every target type that has the chained
+//!   parameter), reverse chaining `_has:Type:param:…` (nestable), composites
+//!   `a$b`, `_list` (membership through `List.item`);
+//! - a bare reference value (`general-practitioner=A81001`) also matches a
+//!   logical reference whose `identifier.value` is that value, so PDS-style
+//!   searches by ODS code work;
+//! - `address-postalcode` ignores spaces on both sides;
+//! - result control: `_sort _count _total _summary _elements _include
+//!   _revinclude` (`:iterate`, `*`), `_type` across types; paging is stable
+//!   (see `paging`).
+
+use std::collections::HashSet;
 
 use carelayer_audit::AuditAction;
 use carelayer_fhir::search::{self as defs, ParamType};
-use carelayer_store::{Clause, IndexTest, Predicate, Prefix, SearchQuery, SortKey, TotalMode};
+use carelayer_store::{
+    Clause, IndexTest, Predicate, Prefix, SearchQuery, SortKey, StoredResource, TotalMode,
+};
 
+use crate::elements::{self, Summary};
+use crate::include::IncludeSpec;
+use crate::paging::Key;
 use crate::prepare::check_type;
 use crate::{Caller, Records, RecordsError, Version};
+
+/// Deepest chain (`a.b.c…`) or `_has` nesting accepted.
+pub const MAX_DEPTH: usize = 4;
 
 /// A search as the caller asked it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -23,9 +52,14 @@ pub struct SearchRequest {
 }
 
 /// One page of search results.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SearchOutcome {
     pub matches: Vec<Version>,
+    /// `_include`/`_revinclude` (and `$everything` referenced) resources.
+    pub included: Vec<Version>,
+    /// Warnings for an OperationOutcome entry (`search.mode = outcome`),
+    /// e.g. the include cap was reached.
+    pub warnings: Vec<String>,
     pub total: Option<u64>,
     /// The parameters that were applied (for the `self` link).
     pub applied: Vec<(String, String)>,
@@ -36,10 +70,27 @@ pub struct SearchOutcome {
     /// Where the next page starts, when there may be one.
     pub next_offset: Option<usize>,
     pub snapshot_seq: i64,
+    /// The pinned result set the paging links refer to (see `paging`).
+    pub page_token: Option<String>,
+    /// The path of the links below the base when it is not `[type]`
+    /// (compartment searches, `$everything`).
+    pub path: Option<String>,
 }
 
 /// Parameters that shape the response rather than select resources.
-const RESULT_PARAMS: &[&str] = &["_format", "_pretty", "_summary", "_elements"];
+const RESULT_PARAMS: &[&str] = &["_format", "_pretty"];
+
+/// Every version of a page, as `paging::Key`s.
+fn keys_of(matches: &[StoredResource]) -> Vec<Key> {
+    matches
+        .iter()
+        .map(|m| Key {
+            resource_type: m.resource_type.clone(),
+            id: m.id.clone(),
+            version: m.version,
+        })
+        .collect()
+}
 
 impl Records {
     /// Run a search; every hit is a disclosure and audited per patient.
@@ -56,24 +107,196 @@ impl Records {
             check_type(ty)?;
         }
         let parsed = self.parse_search(request)?;
-        let page = self.run_query(&parsed.query).await?;
-        let more = page.matches.len() > parsed.query.count.saturating_sub(1) && parsed.count > 0;
-        let mut versions: Vec<Version> = page.matches.into_iter().map(Version::from).collect();
-        versions.truncate(parsed.count);
-        let detail = Some(describe(request));
-        let matches = self
-            .disclose_many(caller, AuditAction::Search, versions, detail)
+        self.run_search(caller, parsed, AuditAction::Search, describe(request))
+            .await
+    }
+
+    /// Run a parsed search: one page (pinned for stable paging), includes,
+    /// `_summary`/`_elements`, then one disclosure of everything shown.
+    pub(crate) async fn run_search(
+        &self,
+        caller: &Caller,
+        parsed: ParsedSearch,
+        action: AuditAction,
+        detail: String,
+    ) -> Result<SearchOutcome, RecordsError> {
+        let count = parsed.count;
+        let offset = parsed.query.offset;
+        let pinned = parsed
+            .page_token
+            .as_deref()
+            .and_then(|t| self.snapshots.get(t, &caller.principal));
+        let (page_versions, total, next_offset, snapshot_seq, page_token) = match pinned {
+            Some(pinned) => {
+                let end = offset.saturating_add(count).min(pinned.keys.len());
+                let start = offset.min(end);
+                let versions = self.load_versions(&pinned.keys[start..end]).await?;
+                let more = end < pinned.keys.len() || pinned.truncated;
+                (
+                    versions,
+                    pinned.total,
+                    more.then_some(end),
+                    pinned.snapshot_seq,
+                    (end < pinned.keys.len())
+                        .then(|| parsed.page_token.clone())
+                        .flatten(),
+                )
+            }
+            None => {
+                let page = self.run_query(&parsed.query).await?;
+                let more = page.matches.len() > count && count > 0;
+                let mut token = None;
+                if more && parsed.page_token.is_none() && parsed.query.snapshot_seq.is_none() {
+                    // First page of a multi-page result: pin the keys.
+                    let cap = self.options.search_snapshot_max;
+                    let keys_query = SearchQuery {
+                        offset: 0,
+                        count: cap.saturating_add(1),
+                        total: TotalMode::None,
+                        snapshot_seq: Some(page.snapshot_seq),
+                        keys_only: true,
+                        ..parsed.query.clone()
+                    };
+                    let all = self.run_query(&keys_query).await?;
+                    let truncated = all.matches.len() > cap;
+                    let mut keys = keys_of(&all.matches);
+                    keys.truncate(cap);
+                    token = self.snapshots.insert(
+                        self.options.search_snapshots,
+                        caller.principal.clone(),
+                        keys,
+                        truncated,
+                        page.total,
+                        page.snapshot_seq,
+                    );
+                }
+                let mut versions: Vec<Version> =
+                    page.matches.into_iter().map(Version::from).collect();
+                versions.truncate(count);
+                (
+                    versions,
+                    page.total,
+                    more.then_some(offset + count),
+                    page.snapshot_seq,
+                    token,
+                )
+            }
+        };
+        let (included, capped) = self
+            .resolve_includes(&page_versions, &parsed.includes)
             .await?;
+        let mut warnings = Vec::new();
+        if capped {
+            warnings.push(format!(
+                "_include/_revinclude reached this server's limit of {} included resources; \
+                 the included set is incomplete (narrow the search or lower _count)",
+                self.options.max_includes
+            ));
+        }
+        let (mut matches, included) = self
+            .disclose_split(caller, action, page_versions, included, Some(detail))
+            .await?;
+        if parsed.summary != Summary::False || parsed.elements.is_some() {
+            for m in &mut matches {
+                if let Some(json) =
+                    elements::shape(&m.json, parsed.summary, parsed.elements.as_deref())
+                {
+                    m.json = json;
+                }
+            }
+        }
+        if parsed.summary == Summary::Count {
+            matches.clear();
+        }
         Ok(SearchOutcome {
             matches,
-            total: page.total,
+            included,
+            warnings,
+            total,
             applied: parsed.applied,
             ignored: parsed.ignored,
-            offset: parsed.query.offset,
-            count: parsed.count,
-            next_offset: more.then_some(parsed.query.offset + parsed.count),
-            snapshot_seq: page.snapshot_seq,
+            offset,
+            count,
+            next_offset: if parsed.summary == Summary::Count {
+                None
+            } else {
+                next_offset
+            },
+            snapshot_seq,
+            page_token,
+            path: None,
         })
+    }
+
+    /// One policy/audit pass over matches and included resources together
+    /// (one audit entry per patient touched), split back apart.
+    async fn disclose_split(
+        &self,
+        caller: &Caller,
+        action: AuditAction,
+        matches: Vec<Version>,
+        included: Vec<Version>,
+        detail: Option<String>,
+    ) -> Result<(Vec<Version>, Vec<Version>), RecordsError> {
+        let match_keys: HashSet<(String, String)> = matches
+            .iter()
+            .map(|v| (v.resource_type.clone(), v.id.clone()))
+            .collect();
+        let mut all = matches;
+        all.extend(included);
+        let shown = self.disclose_many(caller, action, all, detail).await?;
+        let (m, i): (Vec<Version>, Vec<Version>) = shown
+            .into_iter()
+            .partition(|v| match_keys.contains(&(v.resource_type.clone(), v.id.clone())));
+        Ok((m, i))
+    }
+
+    /// The versions of pinned keys, in order: current versions in one query
+    /// per type, the rest (updated or deleted since) read by version.
+    pub(crate) async fn load_versions(&self, keys: &[Key]) -> Result<Vec<Version>, RecordsError> {
+        let mut current: std::collections::HashMap<(String, String), StoredResource> =
+            std::collections::HashMap::new();
+        let mut by_type: std::collections::BTreeMap<&str, Vec<&str>> =
+            std::collections::BTreeMap::new();
+        for k in keys {
+            by_type.entry(&k.resource_type).or_default().push(&k.id);
+        }
+        for (ty, ids) in by_type {
+            for chunk in ids.chunks(200) {
+                let q = SearchQuery {
+                    resource_types: vec![ty.to_owned()],
+                    clauses: vec![Clause {
+                        any_of: chunk
+                            .iter()
+                            .map(|id| Predicate::Id((*id).to_owned()))
+                            .collect(),
+                    }],
+                    count: chunk.len(),
+                    ..SearchQuery::default()
+                };
+                for m in self.run_query(&q).await?.matches {
+                    current.insert((m.resource_type.clone(), m.id.clone()), m);
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            let found = current
+                .remove(&(k.resource_type.clone(), k.id.clone()))
+                .filter(|m| m.version == k.version);
+            let version = match found {
+                Some(m) => Some(m),
+                None => {
+                    self.store
+                        .read_version(&k.resource_type, &k.id, k.version)
+                        .await?
+                }
+            };
+            if let Some(v) = version {
+                out.push(Version::from(v));
+            }
+        }
+        Ok(out)
     }
 
     /// A conditional operation's search (`If-None-Exist`, `PUT Type?…`).
@@ -96,7 +319,11 @@ impl Records {
         Ok(self.parse_search(&request)?.query)
     }
 
-    fn parse_search(&self, request: &SearchRequest) -> Result<ParsedSearch, RecordsError> {
+    pub(crate) fn parse_search(
+        &self,
+        request: &SearchRequest,
+    ) -> Result<ParsedSearch, RecordsError> {
+        let rt = request.resource_type.as_deref();
         let mut query = SearchQuery {
             resource_types: request.resource_type.iter().cloned().collect(),
             ..SearchQuery::default()
@@ -104,6 +331,10 @@ impl Records {
         let mut count = self.options.default_page_size;
         let mut applied = Vec::new();
         let mut ignored = Vec::new();
+        let mut includes = Vec::new();
+        let mut summary = Summary::False;
+        let mut elements = None;
+        let mut page_token = None;
         for (name, value) in &request.params {
             let outcome = match name.as_str() {
                 "_count" => parse_count(value, self.options.max_page_size).map(|c| count = c),
@@ -116,32 +347,49 @@ impl Records {
                             "_snapshot '{value}' is not a paging token of this server"
                         ))
                     }),
+                "_page" => {
+                    page_token = Some(value.clone());
+                    Ok(())
+                }
                 "_total" => parse_total(value).map(|t| query.total = t),
-                "_sort" => parse_sort(request.resource_type.as_deref(), value)
-                    .map(|keys| query.sort = keys),
+                "_sort" => parse_sort(rt, value).map(|keys| query.sort = keys),
                 "_type" => parse_types(value).map(|types| {
                     if query.resource_types.is_empty() {
                         query.resource_types = types;
                     }
                 }),
+                "_summary" => elements::parse_summary(value).map(|s| summary = s),
+                "_elements" => elements::parse_elements(value).map(|e| elements = Some(e)),
+                "_include"
+                | "_revinclude"
+                | "_include:iterate"
+                | "_revinclude:iterate"
+                | "_include:recurse"
+                | "_revinclude:recurse" => {
+                    crate::include::parse_include(name, value).map(|spec| includes.push(spec))
+                }
+                "_contained" | "_containedType" => Err(RecordsError::NotSupported(format!(
+                    "{name}: contained resources are not searched by this server"
+                ))),
                 n if RESULT_PARAMS.contains(&n) => Ok(()),
-                _ => parse_filter(request.resource_type.as_deref(), name, value)
-                    .map(|clause| query.clauses.push(clause)),
+                _ => filter_clauses(rt, name, value, 0).map(|c| query.clauses.extend(c)),
             };
             match outcome {
                 Ok(()) => {
-                    if !matches!(name.as_str(), "_offset" | "_snapshot") {
+                    if !matches!(name.as_str(), "_offset" | "_snapshot" | "_page") {
                         applied.push((name.clone(), value.clone()));
                     }
                 }
-                Err(RecordsError::BadRequest(_))
-                    if request.lenient && is_unknown(request.resource_type.as_deref(), name) =>
-                {
+                Err(RecordsError::BadRequest(_)) if request.lenient && is_unknown(rt, name) => {
                     ignored.push(name.clone());
                 }
                 Err(e) => return Err(e),
             }
         }
+        if summary == Summary::Count {
+            query.total = TotalMode::Accurate;
+        }
+        restricted_patient_guard(rt, &mut query);
         // One row past the page tells whether a next page exists.
         query.count = count + 1;
         Ok(ParsedSearch {
@@ -149,15 +397,57 @@ impl Records {
             count,
             applied,
             ignored,
+            includes,
+            summary,
+            elements,
+            page_token,
         })
     }
 }
 
-struct ParsedSearch {
-    query: SearchQuery,
-    count: usize,
-    applied: Vec<(String, String)>,
-    ignored: Vec<String>,
+pub(crate) struct ParsedSearch {
+    pub query: SearchQuery,
+    pub count: usize,
+    pub applied: Vec<(String, String)>,
+    pub ignored: Vec<String>,
+    pub includes: Vec<IncludeSpec>,
+    pub summary: Summary,
+    pub elements: Option<Vec<String>>,
+    pub page_token: Option<String>,
+}
+
+/// PDS rule P8: a Patient search by address postcode or GP never returns
+/// restricted (S-flagged, `meta.security` R or V) patients.
+fn restricted_patient_guard(resource_type: Option<&str>, query: &mut SearchQuery) {
+    if resource_type != Some("Patient") {
+        return;
+    }
+    let sensitive = query.clauses.iter().any(|c| {
+        c.any_of.iter().any(|p| match p {
+            Predicate::Index { param, .. } => {
+                param == defs::POSTCODE_PARAM
+                    || param == "address-postcode"
+                    || param.starts_with("general-practitioner")
+            }
+            _ => false,
+        })
+    });
+    if !sensitive {
+        return;
+    }
+    for code in ["R", "V"] {
+        query.clauses.push(Clause {
+            any_of: vec![Predicate::Not {
+                param: "_security".into(),
+                test: IndexTest::Token {
+                    system: Some(Some(
+                        "http://terminology.hl7.org/CodeSystem/v3-Confidentiality".into(),
+                    )),
+                    code: code.into(),
+                },
+            }],
+        });
+    }
 }
 
 /// A short description of a search for the audit log.
@@ -273,6 +563,9 @@ fn parse_sort(resource_type: Option<&str>, value: &str) -> Result<Vec<SortKey>, 
 struct ParamInfo {
     kind: ParamType,
     targets: Vec<String>,
+    /// Component types of a composite.
+    components: Vec<Option<ParamType>>,
+    supported: bool,
 }
 
 /// The definition of `code` for a type (or for every type, in a search
@@ -282,6 +575,8 @@ fn lookup(resource_type: Option<&str>, code: &str) -> Option<ParamInfo> {
     Some(ParamInfo {
         kind: def.param_type(),
         targets: def.targets().to_vec(),
+        components: def.components.iter().map(|c| c.kind).collect(),
+        supported: def.is_supported(),
     })
 }
 
@@ -292,42 +587,149 @@ fn unknown(resource_type: Option<&str>, name: &str) -> RecordsError {
     ))
 }
 
-/// One `name=value` filter → a clause (comma-separated values are ORed).
-fn parse_filter(
+fn sub_query(resource_type: &str, clauses: Vec<Clause>) -> Box<SearchQuery> {
+    Box::new(SearchQuery {
+        resource_types: vec![resource_type.to_owned()],
+        clauses,
+        ..SearchQuery::default()
+    })
+}
+
+/// One `name=value` filter → clauses, ANDed (usually one; comma-separated
+/// values are ORed inside it, except `:not`, where every value must be absent).
+pub(crate) fn filter_clauses(
     resource_type: Option<&str>,
     name: &str,
     value: &str,
-) -> Result<Clause, RecordsError> {
-    if name.starts_with("_has:") {
-        return Err(RecordsError::NotSupported(
-            "reverse chaining (_has) is not supported yet".into(),
-        ));
+    depth: usize,
+) -> Result<Vec<Clause>, RecordsError> {
+    if depth > MAX_DEPTH {
+        return Err(RecordsError::BadRequest(format!(
+            "{name}: chains and _has nest at most {MAX_DEPTH} deep"
+        )));
     }
-    let (path, modifier) = match name.split_once(':') {
+    if let Some(rest) = name.strip_prefix("_has:") {
+        let mut parts = rest.splitn(3, ':');
+        let (Some(source), Some(param), Some(inner)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(RecordsError::BadRequest(format!(
+                "{name}: reverse chaining is _has:Type:param:search-parameter"
+            )));
+        };
+        check_type(source)?;
+        let info = lookup(Some(source), param).ok_or_else(|| unknown(Some(source), param))?;
+        if info.kind != ParamType::Reference {
+            return Err(RecordsError::BadRequest(format!(
+                "{name}: {source}.{param} is not a reference parameter"
+            )));
+        }
+        if let (Some(rt), false) = (resource_type, info.targets.is_empty())
+            && !info.targets.iter().any(|t| t == rt)
+        {
+            return Err(RecordsError::BadRequest(format!(
+                "{name}: {source}.{param} never refers to a {rt}"
+            )));
+        }
+        let inner = filter_clauses(Some(source), inner, value, depth + 1)?;
+        return Ok(vec![Clause {
+            any_of: vec![Predicate::Has {
+                source_type: source.to_owned(),
+                param: param.to_owned(),
+                query: sub_query(source, inner),
+            }],
+        }]);
+    }
+    if let Some((head, rest)) = name.split_once('.') {
+        let (code, modifier) = match head.split_once(':') {
+            Some((c, m)) => (c, Some(m)),
+            None => (head, None),
+        };
+        let info = lookup(resource_type, code).ok_or_else(|| unknown(resource_type, name))?;
+        if info.kind != ParamType::Reference {
+            return Err(RecordsError::BadRequest(format!(
+                "{name}: only reference parameters can be chained, and {code} is a {}",
+                info.kind.as_str()
+            )));
+        }
+        let targets: Vec<String> = match modifier {
+            Some(t) => {
+                check_type(t)?;
+                vec![t.to_owned()]
+            }
+            None if !info.targets.is_empty() => info.targets.clone(),
+            None => {
+                return Err(RecordsError::BadRequest(format!(
+                    "{name}: {code} may refer to any type; name it ({code}:Type.{rest})"
+                )));
+            }
+        };
+        let rest_code = rest.split([':', '.']).next().unwrap_or(rest);
+        let mut any_of = Vec::new();
+        for t in &targets {
+            let known = rest.starts_with("_has:")
+                || matches!(rest_code, "_id" | "_lastUpdated" | "_list")
+                || lookup(Some(t), rest_code).is_some();
+            if !known {
+                continue;
+            }
+            let inner = filter_clauses(Some(t), rest, value, depth + 1)?;
+            any_of.push(Predicate::Chain {
+                param: code.to_owned(),
+                target_type: t.clone(),
+                query: sub_query(t, inner),
+            });
+        }
+        if any_of.is_empty() {
+            return Err(RecordsError::BadRequest(format!(
+                "{name}: no target type of {code} ({}) has a search parameter '{rest_code}'",
+                targets.join(", ")
+            )));
+        }
+        return Ok(vec![Clause { any_of }]);
+    }
+    let (code, modifier) = match name.split_once(':') {
         Some((p, m)) => (p, Some(m)),
         None => (name, None),
     };
-    if path.contains('.') {
-        return Err(RecordsError::NotSupported(
-            "chained search parameters are not supported yet".into(),
-        ));
+    let values = split_values(value);
+    if values.iter().all(String::is_empty) {
+        return Err(RecordsError::BadRequest(format!("{name} has no value")));
     }
-    let code = path;
-    if code == "_id" {
-        return Ok(Clause {
-            any_of: split_values(value).into_iter().map(Predicate::Id).collect(),
-        });
-    }
-    if code == "_lastUpdated" {
-        let any_of = split_values(value)
-            .iter()
-            .map(|v| {
-                let (prefix, rest) = split_prefix(v);
-                let (low, high) = date_range(rest)?;
-                Ok(Predicate::LastUpdated { prefix, low, high })
-            })
-            .collect::<Result<_, RecordsError>>()?;
-        return Ok(Clause { any_of });
+    match code {
+        "_id" if modifier.is_none() => {
+            return Ok(vec![Clause {
+                any_of: values.into_iter().map(Predicate::Id).collect(),
+            }]);
+        }
+        "_lastUpdated" if modifier.is_none() => {
+            let any_of = values
+                .iter()
+                .map(|v| {
+                    let (prefix, rest) = split_prefix(v);
+                    let (low, high) = date_range(rest)?;
+                    Ok(Predicate::LastUpdated { prefix, low, high })
+                })
+                .collect::<Result<_, RecordsError>>()?;
+            return Ok(vec![Clause { any_of }]);
+        }
+        "_list" if modifier.is_none() => {
+            if values.iter().any(|v| v.starts_with('$')) {
+                return Err(RecordsError::NotSupported(
+                    "_list: functional lists ($current-…) are not supported".into(),
+                ));
+            }
+            let list = Clause {
+                any_of: values.into_iter().map(Predicate::Id).collect(),
+            };
+            return Ok(vec![Clause {
+                any_of: vec![Predicate::Has {
+                    source_type: "List".into(),
+                    param: "item".into(),
+                    query: sub_query("List", vec![list]),
+                }],
+            }]);
+        }
+        _ => {}
     }
     let info = lookup(resource_type, code).ok_or_else(|| unknown(resource_type, name))?;
     if modifier == Some("missing") {
@@ -340,114 +742,243 @@ fn parse_filter(
                 )));
             }
         };
-        return Ok(Clause {
-            any_of: vec![Predicate::Missing {
-                param: code.to_owned(),
-                missing,
-            }],
+        let mut params = vec![code.to_owned()];
+        if info.kind == ParamType::Reference {
+            // A logical reference (identifier only) is a value too.
+            params.push(format!("{code}{}", defs::IDENTIFIER_SUFFIX));
+        }
+        let each = params
+            .into_iter()
+            .map(|param| Predicate::Missing { param, missing });
+        return Ok(if missing {
+            each.map(|p| Clause { any_of: vec![p] }).collect()
+        } else {
+            vec![Clause {
+                any_of: each.collect(),
+            }]
         });
     }
-    let any_of = split_values(value)
-        .iter()
-        .map(|v| parse_value(&info, code, name, modifier, v))
-        .collect::<Result<Vec<_>, _>>()?;
-    if any_of.is_empty() {
-        return Err(RecordsError::BadRequest(format!("{name} has no value")));
+    if !info.supported {
+        return Err(RecordsError::NotSupported(format!(
+            "search parameter '{code}' is not indexed by this server"
+        )));
     }
-    Ok(Clause { any_of })
+    if info.kind == ParamType::Token && modifier == Some("not") {
+        // Every listed value must be absent.
+        return values
+            .iter()
+            .map(|v| {
+                Ok(Clause {
+                    any_of: vec![Predicate::Not {
+                        param: code.to_owned(),
+                        test: token_test(v),
+                    }],
+                })
+            })
+            .collect();
+    }
+    let mut any_of = Vec::new();
+    for v in &values {
+        any_of.extend(parse_value(&info, code, name, modifier, v)?);
+    }
+    Ok(vec![Clause { any_of }])
 }
 
+/// One value of a (non-`:missing`) filter → the predicates it ORs.
 fn parse_value(
     info: &ParamInfo,
     code: &str,
     name: &str,
     modifier: Option<&str>,
     value: &str,
-) -> Result<Predicate, RecordsError> {
+) -> Result<Vec<Predicate>, RecordsError> {
     let index = |test| Predicate::Index {
         param: code.to_owned(),
         test,
     };
     let unsupported_modifier = || {
         RecordsError::BadRequest(format!(
-            "modifier ':{}' is not valid on {name} ({:?} parameter)",
+            "modifier ':{}' is not valid on {name} ({} parameter)",
             modifier.unwrap_or_default(),
-            info.kind
+            info.kind.as_str()
         ))
     };
-    Ok(match info.kind {
-        ParamType::Token => {
-            let test = match modifier {
-                Some("text") => IndexTest::TokenText(defs::normalize_string(value)),
-                None | Some("not") => token_test(value),
-                _ => return Err(unsupported_modifier()),
-            };
-            if modifier == Some("not") {
-                Predicate::Not {
-                    param: code.to_owned(),
-                    test,
-                }
-            } else {
-                index(test)
-            }
+    let no_modifier = || {
+        if modifier.is_some() {
+            Err(unsupported_modifier())
+        } else {
+            Ok(())
         }
-        ParamType::String => index(match modifier {
-            None => IndexTest::StringStartsWith(defs::normalize_string(value)),
-            Some("exact") => IndexTest::StringExact(value.to_owned()),
-            Some("contains") => IndexTest::StringContains(defs::normalize_string(value)),
-            _ => return Err(unsupported_modifier()),
-        }),
-        ParamType::Date => {
-            if modifier.is_some() {
-                return Err(unsupported_modifier());
+    };
+    Ok(match info.kind {
+        ParamType::Token => match modifier {
+            Some("text") => vec![index(IndexTest::TokenText(defs::normalize_string(value)))],
+            // No terminology server: a code subsumes only itself.
+            None | Some("above" | "below") => vec![index(token_test(value))],
+            Some("of-type") => {
+                let parts = split_escaped(value, '|');
+                let [system, type_code, ident] = parts.as_slice() else {
+                    return Err(RecordsError::BadRequest(format!(
+                        "{name}: :of-type takes type-system|type-code|value"
+                    )));
+                };
+                vec![Predicate::Index {
+                    param: format!("{code}{}", defs::OF_TYPE_SUFFIX),
+                    test: IndexTest::Token {
+                        system: (!system.is_empty()).then(|| Some(system.clone())),
+                        code: format!("{type_code}|{ident}"),
+                    },
+                }]
             }
+            Some("in" | "not-in") => {
+                return Err(RecordsError::NotSupported(format!(
+                    "{name}: value-set membership needs a terminology service, which this server does not have"
+                )));
+            }
+            _ => return Err(unsupported_modifier()),
+        },
+        ParamType::String => {
+            let norm = |v: &str| {
+                let mut n = defs::normalize_string(v);
+                if code == defs::POSTCODE_PARAM {
+                    n.retain(|c| c != ' ');
+                }
+                n
+            };
+            vec![index(match modifier {
+                None => IndexTest::StringStartsWith(norm(value)),
+                Some("exact") => IndexTest::StringExact(value.to_owned()),
+                Some("contains") => IndexTest::StringContains(norm(value)),
+                _ => return Err(unsupported_modifier()),
+            })]
+        }
+        ParamType::Reference => match modifier {
+            Some("identifier") => vec![Predicate::Index {
+                param: format!("{code}{}", defs::IDENTIFIER_SUFFIX),
+                test: token_test(value),
+            }],
+            Some("above" | "below") => {
+                return Err(RecordsError::NotSupported(format!(
+                    "{name}: hierarchical reference search is not supported"
+                )));
+            }
+            _ => {
+                let mut out = vec![index(reference_test(info, name, modifier, value)?)];
+                if matches!(
+                    out[0],
+                    Predicate::Index {
+                        test: IndexTest::Reference { .. },
+                        ..
+                    }
+                ) {
+                    // Canonical references (`Library/x`, absolute URLs) are
+                    // indexed as written, not as type/id: match those too.
+                    out.push(index(IndexTest::ReferenceUrl(value.to_owned())));
+                }
+                if modifier.is_none() && !value.contains('/') && !value.contains(':') {
+                    // PDS style: a bare value also matches a logical
+                    // reference by identifier (`general-practitioner=A81001`).
+                    out.push(Predicate::Index {
+                        param: format!("{code}{}", defs::IDENTIFIER_SUFFIX),
+                        test: IndexTest::Token {
+                            system: None,
+                            code: value.to_owned(),
+                        },
+                    });
+                }
+                out
+            }
+        },
+        ParamType::Uri => vec![index(match modifier {
+            None => IndexTest::Uri(value.to_owned()),
+            Some("below") => IndexTest::UriBelow(value.to_owned()),
+            Some("above") => IndexTest::UriAbove(value.to_owned()),
+            _ => return Err(unsupported_modifier()),
+        })],
+        ParamType::Composite => {
+            no_modifier()?;
+            let parts = split_escaped(value, '$');
+            if parts.len() != info.components.len() {
+                return Err(RecordsError::BadRequest(format!(
+                    "{name} has {} components separated by '$', not {}",
+                    info.components.len(),
+                    parts.len()
+                )));
+            }
+            let tests = parts
+                .iter()
+                .zip(&info.components)
+                .map(|(part, kind)| {
+                    let kind = kind.ok_or_else(|| {
+                        RecordsError::NotSupported(format!("{name}: unknown component type"))
+                    })?;
+                    component_test(kind, name, part)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            vec![index(IndexTest::Composite(tests))]
+        }
+        ParamType::Date | ParamType::Number | ParamType::Quantity => {
+            no_modifier()?;
+            vec![index(component_test(info.kind, name, value)?)]
+        }
+        ParamType::Special => {
+            return Err(RecordsError::NotSupported(format!(
+                "search parameter '{code}' (special) is not supported"
+            )));
+        }
+    })
+}
+
+/// A value without modifiers as a test of its type (also composite parts).
+fn component_test(kind: ParamType, name: &str, value: &str) -> Result<IndexTest, RecordsError> {
+    Ok(match kind {
+        ParamType::Token => token_test(value),
+        ParamType::String => IndexTest::StringStartsWith(defs::normalize_string(value)),
+        ParamType::Uri => IndexTest::Uri(value.to_owned()),
+        ParamType::Date => {
             let (prefix, rest) = split_prefix(value);
             let (low, high) = date_range(rest)?;
-            index(IndexTest::Date { prefix, low, high })
+            IndexTest::Date { prefix, low, high }
         }
         ParamType::Number => {
-            if modifier.is_some() {
-                return Err(unsupported_modifier());
-            }
             let (prefix, rest) = split_prefix(value);
             let (value, low, high) = number_range(name, rest)?;
-            index(IndexTest::Number {
+            IndexTest::Number {
                 prefix,
                 value,
                 low,
                 high,
-            })
+            }
         }
         ParamType::Quantity => {
-            if modifier.is_some() {
-                return Err(unsupported_modifier());
-            }
             let (prefix, rest) = split_prefix(value);
             let mut parts = split_escaped(rest, '|').into_iter();
             let number = parts.next().unwrap_or_default();
             let (value, low, high) = number_range(name, &number)?;
             let system = parts.next().filter(|s| !s.is_empty());
             let code = parts.next().filter(|s| !s.is_empty());
-            index(IndexTest::Quantity {
+            IndexTest::Quantity {
                 prefix,
                 value,
                 low,
                 high,
                 system,
                 code,
-            })
+            }
         }
-        ParamType::Reference => index(reference_test(info, name, modifier, value)?),
-        ParamType::Uri => index(match modifier {
-            None => IndexTest::Uri(value.to_owned()),
-            Some("below") => IndexTest::UriBelow(value.to_owned()),
-            Some("above") => IndexTest::UriAbove(value.to_owned()),
-            _ => return Err(unsupported_modifier()),
-        }),
+        ParamType::Reference => {
+            let info = ParamInfo {
+                kind,
+                targets: Vec::new(),
+                components: Vec::new(),
+                supported: true,
+            };
+            reference_test(&info, name, None, value)?
+        }
         ParamType::Composite | ParamType::Special => {
             return Err(RecordsError::NotSupported(format!(
-                "search parameter '{code}' ({:?}) is not supported yet",
-                info.kind
+                "{name}: a {} component is not supported",
+                kind.as_str()
             )));
         }
     })
@@ -487,9 +1018,9 @@ fn reference_test(
             check_type(m)?;
             Some(m.to_owned())
         }
-        Some(_) => {
-            return Err(RecordsError::NotSupported(format!(
-                "modifier on {name} is not supported yet"
+        Some(m) => {
+            return Err(RecordsError::BadRequest(format!(
+                "modifier ':{m}' is not valid on {name} (reference parameter)"
             )));
         }
     };
@@ -506,11 +1037,17 @@ fn reference_test(
         }
         return Ok(IndexTest::ReferenceUrl(value.to_owned()));
     }
+    if value.starts_with("urn:") {
+        return Ok(IndexTest::ReferenceUrl(value.to_owned()));
+    }
     match value.split_once('/') {
-        Some((ty, id)) => Ok(IndexTest::Reference {
-            target_type: Some(ty.to_owned()),
-            id: id.to_owned(),
-        }),
+        Some((ty, id)) if carelayer_fhir::definitions::r4().is_resource_type(ty) => {
+            Ok(IndexTest::Reference {
+                target_type: Some(ty.to_owned()),
+                id: id.split('/').next().unwrap_or(id).to_owned(),
+            })
+        }
+        Some(_) => Ok(IndexTest::ReferenceUrl(value.to_owned())),
         None => {
             let target_type =
                 typed.or_else(|| (info.targets.len() == 1).then(|| info.targets[0].clone()));
@@ -572,6 +1109,11 @@ fn split_prefix(value: &str) -> (Prefix, &str) {
     (Prefix::Eq, value)
 }
 
+/// A date/instant parameter value (`_since`) → the instants it covers.
+pub(crate) fn instant_range(value: &str) -> Result<(i64, i64), RecordsError> {
+    date_range(value)
+}
+
 /// A search date at its precision → the instants it covers.
 fn date_range(value: &str) -> Result<(i64, i64), RecordsError> {
     defs::date_range(value).ok_or_else(|| {
@@ -603,7 +1145,7 @@ fn number_range(name: &str, text: &str) -> Result<(f64, f64, f64), RecordsError>
 pub fn supported_search_params(resource_type: &str) -> Vec<(String, &'static str, String)> {
     defs::registry()
         .params_for(resource_type)
-        .filter(|p| !matches!(p.param_type(), ParamType::Composite | ParamType::Special))
+        .filter(|p| p.param_type() != ParamType::Special)
         .filter(|p| p.is_supported())
         .map(|p| {
             (

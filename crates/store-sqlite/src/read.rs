@@ -258,7 +258,7 @@ pub(crate) fn search(conn: &mut Connection, q: &SearchQuery) -> Result<SearchPag
     // The json is fetched per match by rowid after sorting/limiting, so the
     // sorter never carries resource bodies.
     let mut matches = heads;
-    {
+    if !q.keys_only {
         let mut stmt = tx
             .prepare_cached("SELECT json FROM resources WHERE seq = ?1")
             .map_err(sql_err)?;

@@ -145,9 +145,18 @@ impl Builder {
                 self.sql.push(")");
             }
         }
-        for clause in &q.clauses {
+        // The most selective clause drives (`rid IN (index lookup)`); the
+        // others are probed per candidate row (`EXISTS … WHERE rid = c.rid`),
+        // so a broad clause (a common code) is never materialised whole.
+        let driver = q
+            .clauses
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, cl)| clause_cost(cl))
+            .map(|(i, _)| i);
+        for (i, clause) in q.clauses.iter().enumerate() {
             self.sql.push(" AND ");
-            self.clause(clause, c, snapshot)?;
+            self.clause(clause, c, snapshot, Some(i) != driver)?;
         }
         Ok(())
     }
@@ -157,6 +166,7 @@ impl Builder {
         clause: &Clause,
         c: &str,
         snapshot: Option<i64>,
+        probe: bool,
     ) -> Result<(), StoreError> {
         if clause.any_of.is_empty() {
             // An empty disjunction is false.
@@ -168,17 +178,20 @@ impl Builder {
             if i > 0 {
                 self.sql.push(" OR ");
             }
-            self.predicate(p, c, snapshot)?;
+            self.predicate(p, c, snapshot, probe)?;
         }
         self.sql.push(")");
         Ok(())
     }
 
+    /// One predicate on alias `c`; with `probe` index tests are correlated
+    /// `EXISTS` lookups by `rid` instead of `rid IN (…)` lists.
     fn predicate(
         &mut self,
         p: &Predicate,
         c: &str,
         snapshot: Option<i64>,
+        probe: bool,
     ) -> Result<(), StoreError> {
         match p {
             Predicate::Id(id) => {
@@ -193,27 +206,52 @@ impl Builder {
                 let _ = write!(self.sql.text, "{c}.patient_key = ");
                 self.sql.bind(k.clone());
             }
+            Predicate::Index { param, test } if probe => {
+                self.sql.push("EXISTS (");
+                self.index_subquery(param, test, Some(c))?;
+                self.sql.push(")");
+            }
             Predicate::Index { param, test } => {
                 let _ = write!(self.sql.text, "{c}.rid IN (");
-                self.index_subquery(param, test)?;
+                self.index_subquery(param, test, None)?;
                 self.sql.push(")");
             }
             Predicate::Not { param, test } => {
-                let _ = write!(self.sql.text, "{c}.rid NOT IN (");
-                self.index_subquery(param, test)?;
+                // Always a probe: a negation cannot drive.
+                self.sql.push("NOT EXISTS (");
+                self.index_subquery(param, test, Some(c))?;
                 self.sql.push(")");
             }
-            Predicate::Missing { param, missing } => {
-                let op = if *missing { "NOT IN" } else { "IN" };
-                let _ = write!(self.sql.text, "{c}.rid {op} (");
-                // The parameter's type is not known here; a param lives in one
-                // table, and each branch is a `(param, …)` index lookup.
+            Predicate::Missing {
+                param,
+                missing: false,
+            } if !probe => {
+                // Driving: the rows of every table holding the parameter.
+                let _ = write!(self.sql.text, "{c}.rid IN (");
                 for (i, table) in crate::schema::INDEX_TABLES.iter().enumerate() {
                     if i > 0 {
                         self.sql.push(" UNION ALL ");
                     }
                     let _ = write!(self.sql.text, "SELECT rid FROM {table} WHERE param = ");
                     self.sql.bind(param.clone());
+                }
+                self.sql.push(")");
+            }
+            Predicate::Missing { param, missing } => {
+                // A probe per index table of the row's own rows (primary key
+                // `(rid, ord)`), never a scan of every row of the parameter.
+                let op = if *missing { "NOT " } else { "" };
+                let _ = write!(self.sql.text, "{op}(");
+                for (i, table) in crate::schema::INDEX_TABLES.iter().enumerate() {
+                    if i > 0 {
+                        self.sql.push(" OR ");
+                    }
+                    let _ = write!(
+                        self.sql.text,
+                        "EXISTS (SELECT 1 FROM {table} WHERE rid = {c}.rid AND param = "
+                    );
+                    self.sql.bind(param.clone());
+                    self.sql.push(")");
                 }
                 self.sql.push(")");
             }
@@ -270,8 +308,14 @@ impl Builder {
         Ok(())
     }
 
-    /// `SELECT rid FROM <table> x WHERE x.param = ? AND <test>`.
-    fn index_subquery(&mut self, param: &str, test: &IndexTest) -> Result<(), StoreError> {
+    /// `SELECT rid FROM <table> x WHERE x.param = ? AND <test>`, or with
+    /// `correlate = Some(c)` `SELECT 1 … WHERE x.rid = c.rid AND …` (a probe).
+    fn index_subquery(
+        &mut self,
+        param: &str,
+        test: &IndexTest,
+        correlate: Option<&str>,
+    ) -> Result<(), StoreError> {
         if let IndexTest::Composite(parts) = test {
             let k = self.alias("k");
             let mut joins = Vec::with_capacity(parts.len());
@@ -283,7 +327,11 @@ impl Builder {
             for (table, a) in &joins {
                 let _ = write!(self.sql.text, " JOIN {table} {a} ON {a}.grp = {k}.grp");
             }
-            let _ = write!(self.sql.text, " WHERE {k}.param = ");
+            self.sql.push(" WHERE ");
+            if let Some(c) = correlate {
+                let _ = write!(self.sql.text, "{k}.rid = {c}.rid AND ");
+            }
+            let _ = write!(self.sql.text, "{k}.param = ");
             self.sql.bind(param.to_owned());
             for (i, (part, (_, a))) in parts.iter().zip(&joins).enumerate() {
                 let _ = write!(self.sql.text, " AND {a}.param = ");
@@ -295,10 +343,11 @@ impl Builder {
         }
         let x = self.alias("x");
         let table = table_for(test)?;
-        let _ = write!(
-            self.sql.text,
-            "SELECT {x}.rid FROM {table} {x} WHERE {x}.param = "
-        );
+        let _ = write!(self.sql.text, "SELECT {x}.rid FROM {table} {x} WHERE ");
+        if let Some(c) = correlate {
+            let _ = write!(self.sql.text, "{x}.rid = {c}.rid AND ");
+        }
+        let _ = write!(self.sql.text, "{x}.param = ");
         self.sql.bind(param.to_owned());
         self.sql.push(" AND ");
         self.test(test, &x)
@@ -597,6 +646,46 @@ impl Builder {
             self.sql.push(")");
         }
         self.sql.push(")");
+    }
+}
+
+/// A static guess of how many rows a clause matches (lower is fewer), used
+/// to pick the clause that drives a query. Equality lookups on identifying
+/// values beat references, which beat codes (a code is shared by many
+/// resources), which beat ranges and prefixes; negations never drive.
+fn clause_cost(clause: &Clause) -> u8 {
+    clause.any_of.iter().map(predicate_cost).max().unwrap_or(0)
+}
+
+fn query_cost(q: &SearchQuery) -> u8 {
+    q.clauses.iter().map(clause_cost).min().unwrap_or(8)
+}
+
+fn predicate_cost(p: &Predicate) -> u8 {
+    match p {
+        Predicate::Id(_) => 0,
+        Predicate::PatientKey(_) => 3,
+        Predicate::Index { param, test } => match test {
+            IndexTest::Token { .. } if param == "identifier" || param.ends_with(":identifier") => 1,
+            IndexTest::StringExact(_) | IndexTest::ReferenceUrl(_) | IndexTest::Uri(_) => 2,
+            IndexTest::Reference { .. } => 2,
+            IndexTest::Token { .. } | IndexTest::Composite(_) => 4,
+            IndexTest::StringStartsWith(s) if s.chars().count() >= 3 => 5,
+            IndexTest::UriAbove(_) => 5,
+            IndexTest::Date { .. }
+            | IndexTest::Number { .. }
+            | IndexTest::Quantity { .. }
+            | IndexTest::StringStartsWith(_)
+            | IndexTest::TokenText(_)
+            | IndexTest::TokenSystem(_)
+            | IndexTest::UriBelow(_) => 7,
+            IndexTest::StringContains(_) => 9,
+        },
+        // A chain is as selective as its inner query (plus a join).
+        Predicate::Chain { query, .. } => query_cost(query).saturating_add(1).min(6),
+        Predicate::Has { query, .. } => query_cost(query).saturating_add(2).min(7),
+        Predicate::LastUpdated { .. } => 8,
+        Predicate::Missing { .. } | Predicate::Not { .. } => 10,
     }
 }
 

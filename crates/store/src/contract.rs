@@ -54,6 +54,7 @@ macro_rules! contract_tests {
             search_types_id_patient_last_updated,
             sort_by_param,
             paging_snapshot_total,
+            search_compound_and_keys_only,
             audit_chain,
             audit_atomic_with_writes,
             concurrent_commits_no_lost_updates,
@@ -2297,4 +2298,144 @@ pub async fn audit_head_raw_rows_checkpoints(store: &dyn Store) {
     for cp in &kept {
         carelayer_audit::verify_checkpoint(cp, &key.verifying_key()).unwrap();
     }
+}
+
+/// Compound searches (a selective clause with broad ones, negations and
+/// `:missing` alongside) agree with their clauses' intersection whatever
+/// clause a backend drives from; `keys_only` returns the same matches and
+/// versions without JSON (or with it: returning JSON is allowed).
+pub async fn search_compound_and_keys_only(store: &dyn Store) {
+    let tok = |param: &str, code: &str| IndexEntry {
+        param: param.into(),
+        value: IndexValue::Token {
+            system: Some("http://loinc.org".into()),
+            code: Some(code.into()),
+            text: None,
+        },
+    };
+    let subject = |pid: &str| IndexEntry {
+        param: "subject".into(),
+        value: IndexValue::Reference {
+            target_type: Some("Patient".into()),
+            target_id: Some(pid.into()),
+            url: format!("Patient/{pid}"),
+        },
+    };
+    let mut writes = Vec::new();
+    for i in 0..12 {
+        let pid = format!("p{}", i % 3);
+        let code = if i % 2 == 0 { "8867-4" } else { "8310-5" };
+        let mut index = vec![tok("code", code), subject(&pid)];
+        if i % 4 == 0 {
+            index.push(IndexEntry {
+                param: "performer".into(),
+                value: IndexValue::Reference {
+                    target_type: Some("Practitioner".into()),
+                    target_id: Some("dr".into()),
+                    url: "Practitioner/dr".into(),
+                },
+            });
+        }
+        writes.push(write("Observation", &format!("o{i:02}"), 1, index));
+    }
+    store
+        .commit(WriteSet {
+            resources: writes,
+            ..WriteSet::default()
+        })
+        .await
+        .unwrap();
+    let code = |c: &str| Predicate::Index {
+        param: "code".into(),
+        test: IndexTest::Token {
+            system: Some(Some("http://loinc.org".into())),
+            code: c.into(),
+        },
+    };
+    let subj = |p: &str| Predicate::Index {
+        param: "subject".into(),
+        test: IndexTest::Reference {
+            target_type: Some("Patient".into()),
+            id: p.into(),
+        },
+    };
+    let cases: Vec<SearchCase> = vec![
+        (
+            "subject+code",
+            vec![vec![subj("p0")], vec![code("8867-4")]],
+            vec!["o00", "o06"],
+        ),
+        (
+            "code+subject",
+            vec![vec![code("8867-4")], vec![subj("p0")]],
+            vec!["o00", "o06"],
+        ),
+        (
+            "subject OR + code",
+            vec![vec![subj("p0"), subj("p1")], vec![code("8310-5")]],
+            vec!["o01", "o03", "o07", "o09"],
+        ),
+        (
+            "subject + not code",
+            vec![
+                vec![subj("p1")],
+                vec![Predicate::Not {
+                    param: "code".into(),
+                    test: IndexTest::Token {
+                        system: None,
+                        code: "8867-4".into(),
+                    },
+                }],
+            ],
+            vec!["o01", "o07"],
+        ),
+        (
+            "code + performer missing",
+            vec![
+                vec![code("8867-4")],
+                vec![Predicate::Missing {
+                    param: "performer".into(),
+                    missing: true,
+                }],
+            ],
+            vec!["o02", "o06", "o10"],
+        ),
+        (
+            "code + performer present",
+            vec![
+                vec![code("8867-4")],
+                vec![Predicate::Missing {
+                    param: "performer".into(),
+                    missing: false,
+                }],
+            ],
+            vec!["o00", "o04", "o08"],
+        ),
+    ];
+    for (what, clauses, want) in cases {
+        assert_eq!(
+            ids(store, &query(&["Observation"], clauses)).await,
+            want,
+            "{what}"
+        );
+    }
+    let full = store
+        .search(&query(&["Observation"], vec![vec![code("8867-4")]]))
+        .await
+        .unwrap();
+    let keys = store
+        .search(&SearchQuery {
+            keys_only: true,
+            ..query(&["Observation"], vec![vec![code("8867-4")]])
+        })
+        .await
+        .unwrap();
+    let strip = |p: &crate::SearchPage| -> Vec<(String, String, i64, i64)> {
+        p.matches
+            .iter()
+            .map(|m| (m.resource_type.clone(), m.id.clone(), m.version, m.seq))
+            .collect()
+    };
+    assert_eq!(strip(&full), strip(&keys));
+    assert_eq!(full.matches.len(), 6);
 }

@@ -39,6 +39,11 @@ pub struct SearchQuery {
     /// paged search to the moment its first page ran, so concurrent writes do
     /// not shift later pages.
     pub snapshot_seq: Option<i64>,
+    /// Return matches without their JSON (`StoredResource::json` empty): the
+    /// keys and versions of a result set, for materialising a paging
+    /// snapshot cheaply. Backends may ignore it (returning JSON is correct,
+    /// only slower).
+    pub keys_only: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -387,11 +387,80 @@ fn reference(item: Item<'_>, out: &mut Vec<IndexValue>) {
                 } else if let Some(r) = str_field(m, "reference") {
                     out.push(reference_value(r));
                 }
-                // A Reference with only `identifier` (logical reference) has no
-                // row type to go in; see the module docs.
+                // `identifier` (logical reference) is indexed under the
+                // derived `{param}:identifier` (see `derived_values`).
             }
             _ => {}
         },
+        _ => {}
+    }
+}
+
+/// Suffix of the derived parameter holding logical references
+/// (`Reference.identifier` as a token): `subject:identifier`.
+pub const IDENTIFIER_SUFFIX: &str = ":identifier";
+/// Suffix of the derived parameter holding identifiers by type
+/// (`identifier:of-type`): system = the type coding's system, code =
+/// `{type code}|{identifier value}`.
+pub const OF_TYPE_SUFFIX: &str = ":of-type";
+
+/// Rows of derived parameters an item yields besides its ordinary values:
+/// `Reference.identifier` (for `:identifier`) and typed identifiers (for
+/// `:of-type`), both as tokens under `{param}{suffix}`.
+pub(crate) fn derived_values(
+    kind_: SearchParamType,
+    item: Item<'_>,
+    out: &mut Vec<(&'static str, IndexValue)>,
+) {
+    let Item::Node {
+        value: Value::Object(m),
+        type_hint,
+    } = unwrap_extension(item)
+    else {
+        return;
+    };
+    match kind_ {
+        SearchParamType::Reference => {
+            if m.contains_key("resourceType") {
+                return;
+            }
+            if let Some(Value::Object(ident)) = m.get("identifier") {
+                let system = str_field(ident, "system");
+                if let Some(value) = str_field(ident, "value") {
+                    out.push((
+                        IDENTIFIER_SUFFIX,
+                        IndexValue::Token {
+                            system: owned(system),
+                            code: Some(value.to_string()),
+                            text: None,
+                        },
+                    ));
+                }
+            }
+        }
+        SearchParamType::Token if kind(type_hint, m) == Some("Identifier") => {
+            let Some(value) = str_field(m, "value") else {
+                return;
+            };
+            let codings = m
+                .get("type")
+                .and_then(|t| t.get("coding"))
+                .and_then(Value::as_array);
+            for c in codings.into_iter().flatten() {
+                if let Value::Object(c) = c
+                    && let Some(code) = str_field(c, "code")
+                {
+                    out.push((
+                        OF_TYPE_SUFFIX,
+                        IndexValue::Token {
+                            system: owned(str_field(c, "system")),
+                            code: Some(format!("{code}|{value}")),
+                            text: None,
+                        },
+                    ));
+                }
+            }
+        }
         _ => {}
     }
 }

@@ -24,8 +24,15 @@
 //! - **reference**: `Reference.reference` split into type and id when it reads
 //!   `Type/id` (optionally absolute and/or `/_history/v`); canonical/uri strings
 //!   as URL only; a resource in place of a reference (`Bundle.entry[0].resource`)
-//!   as `Type/id`. Logical references (`Reference.identifier` without
-//!   `reference`) are not indexed: [`IndexValue`] has no row for them yet.
+//!   as `Type/id`. Logical references (`Reference.identifier`) are indexed as
+//!   tokens under the derived parameter `{code}:identifier`
+//!   ([`IDENTIFIER_SUFFIX`]), so `subject:identifier=sys|value` is a token
+//!   lookup; identifiers with a `type` coding also yield `{code}:of-type` rows
+//!   (system = type system, code = `{type code}|{value}`,
+//!   [`OF_TYPE_SUFFIX`]). Derived names contain `:`, which no official code
+//!   does, so they never collide.
+//! - `address-postalcode` string values are normalised with spaces removed
+//!   ([`POSTCODE_PARAM`]); searches strip them too.
 //! - **composite**: for each item of the composite's expression, the cartesian
 //!   product of its components' values (component expressions evaluated
 //!   relative to that item), as [`IndexValue::Composite`].
@@ -40,11 +47,12 @@ mod registry;
 mod text;
 
 pub use date::date_range;
-pub use extract::ISO_4217;
+pub use extract::{IDENTIFIER_SUFFIX, ISO_4217, OF_TYPE_SUFFIX};
 pub use index::{IndexEntry, IndexValue};
 pub use registry::{
-    ComponentDef, SearchParamDef, SearchParamType, SearchParams, compartment_params, extract_index,
-    item_values, patient_compartment_owner, registry, unsupported_params,
+    ComponentDef, POSTCODE_PARAM, SearchParamDef, SearchParamType, SearchParams,
+    compartment_params, extract_index, item_values, patient_compartment_owner, registry,
+    unsupported_params,
 };
 pub use text::normalize;
 /// Alias of [`normalize`].

@@ -6,12 +6,17 @@ use std::sync::OnceLock;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::extract::{cartesian, dedup, values};
+use super::extract::{cartesian, dedup, derived_values, values};
 use super::index::{IndexEntry, IndexValue};
 use crate::fhirpath::{self, Expr, Item, RESOURCE_TYPES};
 
 const SEARCH_PARAMETERS_JSON: &str = include_str!("../../generated/search-parameters.json");
 const COMPARTMENTS_JSON: &str = include_str!("../../generated/compartments.json");
+
+/// The string parameter whose values are compared with spaces removed (the
+/// search side strips them too): UK postcodes are written with and without
+/// the space.
+pub const POSTCODE_PARAM: &str = "address-postalcode";
 
 /// Cap on composite combinations per base item (a guard against pathological input).
 const COMPOSITE_LIMIT: usize = 256;
@@ -362,6 +367,18 @@ impl SearchParams {
     }
 
     fn evaluate_param(&self, c: &Compiled, resource: &Value, out: &mut Vec<IndexValue>) {
+        self.evaluate_param_with(c, resource, out, None);
+    }
+
+    /// [`Self::evaluate_param`], also collecting derived rows (see
+    /// `derived_values`) when `derived` is given.
+    fn evaluate_param_with(
+        &self,
+        c: &Compiled,
+        resource: &Value,
+        out: &mut Vec<IndexValue>,
+        mut derived: Option<&mut Vec<(&'static str, IndexValue)>>,
+    ) {
         let kind = self.defs[c.def].kind;
         let items = fhirpath::evaluate(&c.expr, resource);
         if kind == SearchParamType::Composite {
@@ -393,7 +410,11 @@ impl SearchParams {
                 cartesian(&parts, COMPOSITE_LIMIT, out);
             }
         } else {
+            let wants_derived = matches!(kind, SearchParamType::Reference | SearchParamType::Token);
             for it in items {
+                if wants_derived && let Some(d) = derived.as_deref_mut() {
+                    derived_values(kind, it, d);
+                }
                 values(kind, it, out);
             }
         }
@@ -409,17 +430,35 @@ impl SearchParams {
         let ix = self.index(rt);
         let mut out = Vec::with_capacity(32);
         let mut vals = Vec::new();
+        let mut derived = Vec::new();
         for c in &ix.compiled {
             vals.clear();
-            self.evaluate_param(c, resource, &mut vals);
-            if vals.is_empty() {
-                continue;
-            }
+            derived.clear();
+            self.evaluate_param_with(c, resource, &mut vals, Some(&mut derived));
             let code = &self.defs[c.def].code;
+            if code == POSTCODE_PARAM {
+                // Postcodes match with spaces ignored (`LS14AP` = `LS1 4AP`).
+                for v in &mut vals {
+                    if let IndexValue::String { normalized, .. } = v {
+                        normalized.retain(|ch| ch != ' ');
+                    }
+                }
+            }
             out.extend(vals.drain(..).map(|value| IndexEntry {
                 param: code.clone(),
                 value,
             }));
+            let mut seen: Vec<(&'static str, IndexValue)> = Vec::new();
+            for (suffix, value) in derived.drain(..) {
+                if seen.iter().any(|(s, v)| *s == suffix && *v == value) {
+                    continue;
+                }
+                seen.push((suffix, value.clone()));
+                out.push(IndexEntry {
+                    param: format!("{code}{suffix}"),
+                    value,
+                });
+            }
         }
         out
     }

@@ -139,6 +139,10 @@ async fn route(
         ([ty, _, "$validate"], &Method::POST) => validate::validate(ctx, ty).await,
         ([ty, id, "_history"], &Method::GET) => history::history(ctx, Some(ty), Some(id)).await,
         ([ty, id, "_history", vid], &Method::GET) => read::vread(ctx, ty, id, vid).await,
+        (["Patient", id, "$everything"], &Method::GET) => search::everything(ctx, id).await,
+        ([comp, id, ty], &Method::GET) if is_type_like(comp) && is_type_like(ty) => {
+            search::compartment(ctx, comp, id, ty).await
+        }
         ([_] | [_, _] | [_, _, _] | [_, _, _, _], _) if is_known_shape(&segs) => not_allowed(),
         _ => Err(ApiError::RouteNotFound(format!(
             "/fhir/{path} is not a FHIR interaction this server knows"

@@ -36,3 +36,44 @@ async fn run(
         render_searchset(&outcome, &request, &ctx.base),
     ))
 }
+
+/// `GET [base]/Patient/{id}/{type}?…`: a search inside the patient's compartment.
+pub(crate) async fn compartment(
+    ctx: Ctx,
+    compartment: &str,
+    id: &str,
+    ty: &str,
+) -> Result<Response, ApiError> {
+    let request = SearchRequest {
+        resource_type: Some(ty.to_owned()),
+        params: ctx.params.clone(),
+        lenient: ctx.prefer.lenient,
+    };
+    let outcome = ctx
+        .state
+        .records
+        .search_compartment(&ctx.caller, compartment, id, &request)
+        .await?;
+    Ok(fhir_json(
+        StatusCode::OK,
+        render_searchset(&outcome, &request, &ctx.base),
+    ))
+}
+
+/// `GET [base]/Patient/{id}/$everything` (`_since`, `_type`, `_count`).
+pub(crate) async fn everything(ctx: Ctx, id: &str) -> Result<Response, ApiError> {
+    let request = SearchRequest {
+        resource_type: Some("Patient".into()),
+        params: ctx.params.clone(),
+        lenient: ctx.prefer.lenient,
+    };
+    let outcome = ctx
+        .state
+        .records
+        .everything(&ctx.caller, id, &ctx.params, ctx.prefer.lenient)
+        .await?;
+    Ok(fhir_json(
+        StatusCode::OK,
+        render_searchset(&outcome, &request, &ctx.base),
+    ))
+}
