@@ -138,6 +138,8 @@ pub struct RecordsOptions {
     pub max_page_size: usize,
     /// How often a write is re-planned when concurrent writers invalidated it.
     pub conflict_retries: usize,
+    /// The audit ledger: checkpoints, alerts and the bench-only read switch.
+    pub audit: AuditOptions,
     /// Most resources `_include`/`_revinclude` add to one page; beyond it the
     /// page carries an OperationOutcome entry saying the set is incomplete.
     pub max_includes: usize,
@@ -145,8 +147,6 @@ pub struct RecordsOptions {
     pub search_snapshot_max: usize,
     /// Most pinned result sets kept at once (oldest evicted).
     pub search_snapshots: usize,
-    /// The audit ledger: checkpoints, alerts and the bench-only read switch.
-    pub audit: AuditOptions,
 }
 
 impl Default for RecordsOptions {
@@ -156,10 +156,10 @@ impl Default for RecordsOptions {
             default_page_size: 50,
             max_page_size: 1_000,
             conflict_retries: 5,
+            audit: AuditOptions::default(),
             max_includes: 1_000,
             search_snapshot_max: 10_000,
             search_snapshots: 256,
-            audit: AuditOptions::default(),
         }
     }
 }
@@ -353,10 +353,7 @@ pub fn render_searchset(
     }
     if outcome.offset > 0 {
         let prev = outcome.offset.saturating_sub(outcome.count);
-        links.push((
-            "previous",
-            format!("{path}?{}", query_string(&paging(prev))),
-        ));
+        links.push(("previous", format!("{path}?{}", query_string(&paging(prev)))));
     }
     let mut bundle = render::BundleBuilder::new("searchset", outcome.total, &links);
     let search = serde_json::json!({"mode": "match"});
