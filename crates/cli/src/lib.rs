@@ -22,8 +22,8 @@ pub mod demo;
 pub mod import;
 mod serve;
 pub mod server;
-pub mod token;
 pub mod synth;
+pub mod token;
 
 use crate::config::{Cli, Command};
 

@@ -24,7 +24,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         http: HttpConfig {
             max_body_bytes: args.max_body_bytes,
             base_url: args.base_url.clone(),
-            auth: crate::token::auth_config(&args.db.database, args.key_dir.as_deref(), &args.auth)?,
+            auth: crate::token::auth_config(
+                &args.db.database,
+                args.key_dir.as_deref(),
+                &args.auth,
+            )?,
         },
         records: RecordsOptions {
             max_bundle_entries: args.max_bundle_entries,

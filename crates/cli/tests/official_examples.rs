@@ -337,7 +337,10 @@ async fn official_examples_round_trip_and_bundles_process() {
         problems.join("\n")
     );
     assert_eq!(round_tripped + known.len() + read_only, files.len());
-    assert!(read_only > 0, "the package's AuditEvent examples were expected to be refused");
+    assert!(
+        read_only > 0,
+        "the package's AuditEvent examples were expected to be refused"
+    );
 
     // The stored versions are all there (system history).
     let history = s.fingerprint().await;

@@ -353,7 +353,10 @@ pub fn render_searchset(
     }
     if outcome.offset > 0 {
         let prev = outcome.offset.saturating_sub(outcome.count);
-        links.push(("previous", format!("{path}?{}", query_string(&paging(prev)))));
+        links.push((
+            "previous",
+            format!("{path}?{}", query_string(&paging(prev))),
+        ));
     }
     let mut bundle = render::BundleBuilder::new("searchset", outcome.total, &links);
     let search = serde_json::json!({"mode": "match"});
