@@ -257,6 +257,29 @@ fn extraction_runs_over_every_example() {
         }
         rows += entries.len();
         for e in &entries {
+            // Derived rows (`subject:identifier` for logical references,
+            // `identifier:of-type`) are tokens under their base parameter.
+            if let Some((base, derived)) = e.param.split_once(':') {
+                let def = r.param(&rt, base).unwrap_or_else(|| {
+                    panic!("{name}: derived row {} for unknown parameter", e.param)
+                });
+                assert!(
+                    matches!(derived, "identifier" | "of-type"),
+                    "{name}: unexpected derived row {}",
+                    e.param
+                );
+                assert!(
+                    matches!(e.value, IndexValue::Token { .. }),
+                    "{name}: derived row {} is not a token",
+                    e.param
+                );
+                assert!(
+                    def.is_supported(),
+                    "{name}: derived row for unsupported {base}"
+                );
+                *by_kind.entry("token").or_default() += 1;
+                continue;
+            }
             let def = r
                 .param(&rt, &e.param)
                 .unwrap_or_else(|| panic!("{name}: row for unknown parameter {}", e.param));

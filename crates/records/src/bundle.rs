@@ -341,12 +341,16 @@ fn parse_entry(i: usize, raw: &Value, base_url: &str) -> Result<Entry, RecordsEr
         .ok_or_else(|| bad("request.url is missing".into()))?;
     let url = match url.strip_prefix(base_url) {
         Some(rest) => rest.trim_start_matches('/'),
-        None if url.contains("://") => {
+        None if url
+            .split('?')
+            .next()
+            .is_some_and(|path| path.contains("://")) =>
+        {
             return Err(bad(format!(
                 "request.url '{url}' is not on this server (its base is {base_url}); use a URL relative to the base"
             )));
         }
-        None => url,
+        None => url.trim_start_matches('/'),
     };
     let (path, query) = match url.split_once('?') {
         Some((p, q)) => (p, Some(q)),
