@@ -484,6 +484,21 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(e, Entry::Get(u) if u == "Patient/1"));
+        let e = parse_entry(
+            0,
+            &json!({"request": {"method": "GET", "url": "/Observation?code=http://loinc.org|1"}}),
+            "http://h/fhir",
+        )
+        .unwrap();
+        assert!(matches!(e, Entry::Get(u) if u == "Observation?code=http://loinc.org|1"));
+        assert!(
+            parse_entry(
+                0,
+                &json!({"request": {"method": "PUT", "url": "http://elsewhere/fhir/Patient/1"}}),
+                "http://h/fhir"
+            )
+            .is_err()
+        );
         assert!(
             parse_entry(
                 0,
