@@ -12,6 +12,9 @@
 //! - [`bench`]: the `bench` subcommand, a load generator.
 //! - [`token`]: `carelayer token` and the server's authentication settings;
 //!   [`client`]: `carelayer client` (SMART Backend Services registry).
+//! - [`audit_cmd`]: `carelayer audit verify` and `audit checkpoint --export`.
+//! - [`synth`]: `carelayer synth`, the synthetic UK population.
+//! - [`import`]: `carelayer import`, NDJSON and Bundles into a store or server.
 
 pub mod audit_cmd;
 pub mod backend;
