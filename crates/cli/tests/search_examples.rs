@@ -232,7 +232,8 @@ async fn found(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_example_is_found_by_every_parameter_value() {
-    let s = TestServer::start().await;
+    // The biggest examples (Bundle-resources.json) are 35 MB.
+    let s = TestServer::start_with(|c| c.http.max_body_bytes = 256 * 1024 * 1024).await;
     let records: Arc<Records> = Arc::clone(&s.server.as_ref().unwrap().records);
     let dir = package_dir();
     let mut files: Vec<_> = std::fs::read_dir(&dir)
