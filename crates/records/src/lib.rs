@@ -43,7 +43,6 @@ pub use audit_log::{
 };
 pub use bundle::{BundleKind, ReturnPreference, parse_etag, status_of};
 pub use carelayer_audit::Channel as AuditChannel;
-pub use carelayer_policy::Principal as CallerPrincipal;
 pub use error::{Issue, RecordsError, Severity};
 pub use history::{HistoryPage, HistoryRequest};
 pub use import::{ImportOptions, ImportRejection, ImportReport, describe_error, describe_issues};
