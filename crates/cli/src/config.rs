@@ -57,8 +57,8 @@ pub struct DatabaseArgs {
 pub struct ServeArgs {
     #[command(flatten)]
     pub db: DatabaseArgs,
-    /// Address to listen on. Without --require-tokens the server refuses
-    /// any address but loopback.
+    /// Address to listen on. Every request but /fhir/metadata,
+    /// /.well-known/* and /oauth/token needs a bearer token.
     #[arg(long, env = "CARELAYER_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
     /// Load the demo record set (a few patients with their GP practices,

@@ -1,6 +1,6 @@
 //! `carelayer serve`.
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use carelayer_http::HttpConfig;
 use carelayer_records::{AuditOptions, RecordsOptions};
 use tokio::net::TcpListener;
@@ -10,12 +10,6 @@ use crate::config::ServeArgs;
 use crate::server::{ServerConfig, start};
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    if !args.listen.ip().is_loopback() && !args.auth.require_tokens {
-        bail!(
-            "refusing to listen on {}: without --require-tokens requests without a token run as the local operator, so carelayer listens on loopback only (e.g. 127.0.0.1:8080)",
-            args.listen
-        );
-    }
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -46,25 +40,64 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let server = start(config, listener).await?;
     if args.demo {
-        eprintln!(
-            "demo record set ready (5 patients: try {}/Patient?family=Whitfield)",
-            server.base_url
-        );
+        print_demo_tokens(&server)?;
     }
     eprintln!(
-        "carelayer serving FHIR R4 at {} (database {}); {}",
+        "carelayer serving FHIR R4 at {} (database {}); every request needs a bearer token (mint one with `carelayer token`)",
         server.base_url,
         backend::redact(&args.db.database),
-        if args.auth.require_tokens {
-            "bearer tokens required (mint one with `carelayer token`)"
-        } else {
-            "loopback only: requests without a token run as the local operator"
-        }
     );
     shutdown_signal().await;
     eprintln!("carelayer stopping");
     server.stop().await?;
     eprintln!("carelayer stopped");
+    Ok(())
+}
+
+/// Tokens for trying the demo record set as its users (valid 12 hours).
+fn print_demo_tokens(server: &crate::server::RunningServer) -> anyhow::Result<()> {
+    use carelayer_http::auth::{DEFAULT_AUDIENCE, TokenSubject};
+    let practitioner = |user: &str, role: &str, org: &str| TokenSubject::Practitioner {
+        user_id: user.into(),
+        role: role.into(),
+        org: org.into(),
+    };
+    let users = [
+        (
+            "GP_TOKEN",
+            "a GP at Y90001, the demo patients' practice",
+            practitioner("demo-gp", "R8000", "Y90001"),
+        ),
+        (
+            "OTHER_TOKEN",
+            "a clinician at Y90002, no relationship: denied unless X-Break-Glass: <reason>",
+            practitioner("demo-clinician", "R8000", "Y90002"),
+        ),
+        (
+            "OFFICER_TOKEN",
+            "the privacy officer of Y90002: GET /fhir/AuditEvent/$alerts shows its break-glass",
+            practitioner("demo-officer", "R0001", "Y90002"),
+        ),
+        (
+            "PATIENT_TOKEN",
+            "patient 999 000 1235 (demo-patient-1): their own record and access log",
+            TokenSubject::Patient {
+                nhs_number: "9990001235".into(),
+                patient_id: None,
+            },
+        ),
+    ];
+    eprintln!("demo record set ready (5 patients). Tokens for its users, valid 12 hours:");
+    for (var, who, subject) in users {
+        let token = server
+            .issuer
+            .mint(&subject, None, DEFAULT_AUDIENCE, 12 * 3600)?;
+        eprintln!("  # {who}\n  export {var}={token}");
+    }
+    eprintln!(
+        "  then: curl -H \"Authorization: Bearer $GP_TOKEN\" '{}/Patient?family=Whitfield'",
+        server.base_url
+    );
     Ok(())
 }
 

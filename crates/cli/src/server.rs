@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use carelayer_http::HttpConfig;
+use carelayer_http::auth::BuiltinIssuer;
+use carelayer_http::auth::clients::CLIENTS_FILE;
 use carelayer_records::{Records, RecordsOptions};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -30,6 +32,8 @@ pub struct RunningServer {
     /// `http://ADDR/fhir` (or the configured base URL).
     pub base_url: String,
     pub records: Arc<Records>,
+    /// The built-in token issuer the server trusts (`carelayer token`).
+    pub issuer: Arc<BuiltinIssuer>,
     /// Signs audit checkpoints in the background; stopped (with a final
     /// checkpoint) by `stop`.
     /// Boxed: the signing key is large and `RunningServer` is moved around.
@@ -82,8 +86,20 @@ pub async fn start(config: ServerConfig, listener: TcpListener) -> anyhow::Resul
     let key_dir =
         crate::audit_cmd::key_dir(&config.database, config.records.audit.key_dir.as_deref())?;
     let key = crate::audit_cmd::load_or_create_key(&key_dir)?;
+    let mut http = config.http.clone();
+    let issuer = match &http.auth.builtin {
+        Some(issuer) => Arc::clone(issuer),
+        None => {
+            let issuer = Arc::new(BuiltinIssuer::load_or_create(&key_dir)?);
+            http.auth.builtin = Some(Arc::clone(&issuer));
+            if http.auth.clients_file.is_none() {
+                http.auth.clients_file = Some(key_dir.join(CLIENTS_FILE));
+            }
+            issuer
+        }
+    };
     let checkpointer = Checkpointer::start(Arc::clone(&records), key.clone());
-    let app = carelayer_http::app(Arc::clone(&records), config.http.clone());
+    let app = carelayer_http::app(Arc::clone(&records), http);
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(carelayer_http::serve(listener, app, async move {
         let _ = rx.await;
@@ -92,6 +108,7 @@ pub async fn start(config: ServerConfig, listener: TcpListener) -> anyhow::Resul
         addr,
         base_url,
         records,
+        issuer,
         checkpointer: Some(Box::new((checkpointer, key))),
         shutdown: Some(tx),
         task,

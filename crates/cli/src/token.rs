@@ -1,5 +1,5 @@
 //! `carelayer token`: mint a token from the built-in issuer, and the
-//! server's authentication settings (`serve --require-tokens …`).
+//! server's authentication settings (`serve --trusted-issuer …`).
 //!
 //! The issuer's key is `<key dir>/issuer-key.pem`; the key directory is the
 //! SQLite file's folder (so `--database` alone finds it, exactly as `serve`
@@ -25,11 +25,6 @@ use crate::config::DatabaseArgs;
 /// Authentication flags of `serve`.
 #[derive(Debug, Clone, Args)]
 pub struct AuthArgs {
-    /// Require a bearer token on every request except /fhir/metadata,
-    /// /.well-known/* and /oauth/token; lifts the loopback-only listen
-    /// restriction.
-    #[arg(long, env = "CARELAYER_REQUIRE_TOKENS")]
-    pub require_tokens: bool,
     /// Trust another token issuer: `ISSUER=JWKS`, where JWKS is a file path
     /// or an http(s) URL (refetched when a token names an unknown key).
     /// Repeatable, or comma-separated in the environment.
@@ -74,6 +69,10 @@ pub struct TokenArgs {
     /// A backend client id (with --scope).
     #[arg(long, requires = "scope")]
     pub client: Option<String>,
+    /// The server's operator: full access, audited as the operator (for
+    /// administration scripts; keep the token short-lived).
+    #[arg(long, conflicts_with_all = ["user", "patient", "client"])]
+    pub operator: bool,
     /// SMART scopes, space-separated (`system/*.cruds`, `patient/*.rs`…).
     #[arg(long)]
     pub scope: Option<String>,
@@ -130,7 +129,6 @@ pub fn auth_config(
         });
     }
     Ok(AuthConfig {
-        require_tokens: args.require_tokens,
         audiences: args.audiences.clone(),
         issuers,
         builtin: Some(Arc::new(issuer)),
@@ -172,6 +170,9 @@ pub fn parse_ttl(text: &str) -> anyhow::Result<u64> {
 /// No subject given, or the key cannot be loaded.
 pub fn mint(args: &TokenArgs) -> anyhow::Result<String> {
     let subject = match (&args.user, &args.patient, &args.client) {
+        _ if args.operator => TokenSubject::Operator {
+            name: "operator".into(),
+        },
         (Some(user), None, None) => TokenSubject::Practitioner {
             user_id: user.clone(),
             role: args.role.clone().unwrap_or_default(),
@@ -188,7 +189,7 @@ pub fn mint(args: &TokenArgs) -> anyhow::Result<String> {
             org: args.org.clone(),
         },
         _ => bail!(
-            "say who the token is for: --user ID --role CODE --org ODS, --patient NHS_NUMBER, or --client ID --scope SCOPES"
+            "say who the token is for: --user ID --role CODE --org ODS, --patient NHS_NUMBER, --client ID --scope SCOPES, or --operator"
         ),
     };
     let ttl = parse_ttl(&args.ttl)?;

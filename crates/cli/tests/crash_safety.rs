@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{client, nhs_number, observation, patient, send};
+use common::{nhs_number, observation, patient, send};
 use futures::StreamExt;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -39,8 +39,19 @@ struct Server {
     base: String,
 }
 
+/// The operator token of the server under test (its key is in the
+/// database's folder, so it survives restarts).
+static TOKEN: Mutex<Option<String>> = Mutex::new(None);
+
+/// An HTTP client presenting the operator token.
+fn client() -> reqwest::Client {
+    let token = TOKEN.lock().unwrap().clone().expect("a server was started");
+    common::client_with_token(&token)
+}
+
 /// Start `carelayer serve` on `db` and wait for its "serving" line.
 fn start_server(db: &Path) -> Server {
+    *TOKEN.lock().unwrap() = Some(common::operator_token(db.parent().unwrap()));
     let mut child = Command::new(env!("CARGO_BIN_EXE_carelayer"))
         .args([
             "serve",

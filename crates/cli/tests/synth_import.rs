@@ -6,6 +6,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -192,9 +194,27 @@ fn p(path: &Path) -> String {
     path.display().to_string()
 }
 
+/// Operator tokens of the servers this file started, by base URL.
+static TOKENS: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+
+fn token_for(url: &str) -> String {
+    TOKENS
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(base, _)| url.starts_with(base.as_str()))
+        .map(|(_, t)| t.clone())
+        .expect("a server started by serve()")
+}
+
+/// An HTTP client presenting the operator token of the server at `base`.
+fn client_for(base: &str) -> reqwest::Client {
+    common::client_with_token(&token_for(base))
+}
+
 async fn serve(db: &Path) -> RunningServer {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    start(
+    let server = start(
         ServerConfig {
             database: format!("sqlite://{}", db.display()),
             http: HttpConfig::default(),
@@ -204,11 +224,27 @@ async fn serve(db: &Path) -> RunningServer {
         listener,
     )
     .await
-    .unwrap()
+    .unwrap();
+    let token = common::mint(
+        &server.issuer,
+        &carelayer_http::auth::TokenSubject::Operator {
+            name: "test".into(),
+        },
+        None,
+    );
+    TOKENS
+        .lock()
+        .unwrap()
+        .push((server.base_url.clone(), token));
+    server
 }
 
 async fn get(base: &str, path: &str) -> Value {
-    let r = reqwest::get(format!("{base}/{path}")).await.unwrap();
+    let r = client_for(base)
+        .get(format!("{base}/{path}"))
+        .send()
+        .await
+        .unwrap();
     assert!(r.status().is_success(), "GET {path}: {}", r.status());
     r.json().await.unwrap()
 }
@@ -224,7 +260,14 @@ async fn all_version_one(base: &str, ty: &str) -> usize {
     let mut url = format!("{base}/{ty}?_count=1000&_elements=id");
     let mut n = 0;
     loop {
-        let bundle: Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+        let bundle: Value = client_for(&url)
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         for e in bundle["entry"].as_array().into_iter().flatten() {
             assert_eq!(e["resource"]["meta"]["versionId"], "1", "{}", e["resource"]);
             n += 1;
@@ -406,7 +449,8 @@ async fn import_operation_and_import_through_a_server() {
     let tmp = tempfile::tempdir().unwrap();
     let server = serve(&tmp.path().join("carelayer.db")).await;
     let base = server.base_url.clone();
-    let client = reqwest::Client::new();
+    let client = client_for(&base);
+    let token = token_for(&base);
 
     // $import with an NDJSON body: a report of what was done and refused.
     let body = std::fs::read_to_string(bad_file(tmp.path())).unwrap();
@@ -460,7 +504,15 @@ async fn import_operation_and_import_through_a_server() {
     let data = tmp.path().join("synth");
     generate(&data, 2, 9, true, None).unwrap();
     let expected = manifest_counts(&data);
-    let (ok, out, err) = carelayer(&["import", "--server", &base, "--no-progress", &p(&data)]);
+    let (ok, out, err) = carelayer(&[
+        "import",
+        "--server",
+        &base,
+        "--token",
+        &token,
+        "--no-progress",
+        &p(&data),
+    ]);
     assert!(ok, "{out}\n{err}");
     assert!(out.contains(" 0 rejected"), "{out}");
     for (ty, n) in &expected {
@@ -477,6 +529,8 @@ async fn import_operation_and_import_through_a_server() {
         "import",
         "--server",
         &base,
+        "--token",
+        &token,
         "--via",
         "transaction",
         "--no-progress",

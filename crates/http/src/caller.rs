@@ -1,12 +1,21 @@
 //! Who is calling: the principal the authentication middleware verified
-//! for this request (see `auth`), or, when tokens are not required and the
-//! request carried none, the loopback operator. The `cli` crate refuses
-//! non-loopback listen addresses unless tokens are required, so the
-//! operator fallback is only ever reachable from this machine.
+//! for this request (see `auth`). Every path but the public ones needs a
+//! token, so a handler that finds no caller is serving a public path
+//! (`/fhir/metadata`); it runs as "nobody", a client without scopes that
+//! policy refuses everything, so a routing mistake fails closed.
 
-use axum::http::HeaderMap;
+use carelayer_policy::Principal;
 use carelayer_records::{AuditChannel, Caller};
 
-pub(crate) fn from_headers(_headers: &HeaderMap) -> Caller {
-    crate::auth::current_caller().unwrap_or_else(|| Caller::local_operator(AuditChannel::Rest))
+pub(crate) fn current() -> Caller {
+    crate::auth::current_caller().unwrap_or_else(|| {
+        Caller::new(
+            Principal::System {
+                client_id: "anonymous".into(),
+                scopes: Vec::new(),
+                org: None,
+            },
+            AuditChannel::Rest,
+        )
+    })
 }

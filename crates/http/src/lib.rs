@@ -40,8 +40,8 @@ pub struct HttpConfig {
     /// The public FHIR base URL (`https://host/fhir`). When absent it is
     /// derived from each request's `Host` header.
     pub base_url: Option<String>,
-    /// Authentication (`auth.require_tokens` is the switch that makes
-    /// every non-public request need a token).
+    /// Authentication: trusted issuers and the built-in issuer (every
+    /// non-public request needs a token).
     pub auth: auth::AuthConfig,
 }
 

@@ -179,7 +179,13 @@ impl Records {
         let referenced = self.referenced_outside(&outcome.matches).await?;
         if !referenced.is_empty() {
             let shown = self
-                .disclose_many(caller, AuditAction::Everything, referenced, Some(detail))
+                .disclose_many(
+                    caller,
+                    AuditAction::Everything,
+                    referenced,
+                    Some(detail),
+                    &[],
+                )
                 .await?;
             outcome.included.extend(shown);
         }

@@ -7,6 +7,7 @@ use carelayer_audit::{AuditAction, AuditOutcome};
 use carelayer_policy::{Action, Decision};
 use carelayer_store::{HistoryQuery, HistoryScope};
 
+use crate::access::{Subject, redact};
 use crate::prepare::{check_type, is_valid_id};
 use crate::{Caller, Records, RecordsError, Version};
 
@@ -89,9 +90,17 @@ impl Records {
             next = Some(row.seq);
             versions.push(Version::from(row));
         }
+        let had_versions = !versions.is_empty();
         let versions = self
-            .disclose_many(caller, AuditAction::History, versions, None)
+            .disclose_many(caller, AuditAction::History, versions, None, &[])
             .await?;
+        if had_versions
+            && versions.is_empty()
+            && let HistoryScope::Instance { resource_type, id } = &scope
+        {
+            // Withheld looks exactly like absent.
+            return Err(RecordsError::NotFound(format!("{resource_type}/{id}")));
+        }
         Ok(HistoryPage {
             versions,
             next_before_seq: if more { next } else { None },
@@ -100,13 +109,17 @@ impl Records {
 
     /// Policy per version, then one audit entry per patient touched (every
     /// hit is a disclosure) and one per patient withheld. Returns the
-    /// versions the caller may see, in order.
+    /// versions the caller may see, in order, redacted. `search_params`
+    /// names the parameters of the search that found them: a resource the
+    /// decision hides from those (a restricted patient found by postcode)
+    /// is left out as if it had not matched.
     pub(crate) async fn disclose_many(
         &self,
         caller: &Caller,
         action: AuditAction,
         versions: Vec<Version>,
         detail: Option<String>,
+        search_params: &[String],
     ) -> Result<Vec<Version>, RecordsError> {
         let policy_action = match action {
             AuditAction::History => Action::History,
@@ -117,17 +130,22 @@ impl Records {
         // patient → (resources shown, purpose); patient → (resources withheld, reason)
         let mut disclosed: BTreeMap<Option<String>, (Vec<String>, String)> = BTreeMap::new();
         let mut withheld: BTreeMap<Option<String>, (Vec<String>, String)> = BTreeMap::new();
-        for version in versions {
+        for mut version in versions {
             let reference = format!(
                 "{}/{}/_history/{}",
                 version.resource_type, version.id, version.version
             );
-            match Self::decide(
-                caller,
-                policy_action,
-                &version.resource_type,
-                version.patient.as_deref(),
-            ) {
+            let decision = self
+                .decide(caller, policy_action, &Subject::of(&version), &[])
+                .await?;
+            if !search_params.is_empty()
+                && decision.hidden_from_search(search_params.iter().map(String::as_str))
+                && decision.is_permit()
+            {
+                continue;
+            }
+            redact(&decision, &mut version)?;
+            match decision {
                 Decision::Permit { purpose, .. } => {
                     let slot = disclosed
                         .entry(version.patient.clone())

@@ -16,7 +16,7 @@ use carelayer_store::{Clause, IndexTest, Predicate, SearchQuery};
 use serde_json::Value;
 
 use crate::prepare::check_type;
-use crate::{Records, RecordsError, Version};
+use crate::{Caller, Records, RecordsError, Version};
 
 /// Rounds of `:iterate` after the first.
 pub(crate) const MAX_ROUNDS: usize = 4;
@@ -101,8 +101,11 @@ fn key(v: &Version) -> (String, String) {
 
 impl Records {
     /// The resources `specs` add to `matches`, and whether the cap cut them.
+    /// Only resources the caller may read lead further (a withheld match
+    /// includes nothing, so its references are not revealed).
     pub(crate) async fn resolve_includes(
         &self,
+        caller: &Caller,
         matches: &[Version],
         specs: &[IncludeSpec],
     ) -> Result<(Vec<Version>, bool), RecordsError> {
@@ -112,7 +115,7 @@ impl Records {
         let cap = self.options.max_includes;
         let mut seen: HashSet<(String, String)> = matches.iter().map(key).collect();
         let mut included: Vec<Version> = Vec::new();
-        let mut frontier: Vec<Version> = matches.to_vec();
+        let mut frontier: Vec<Version> = self.readable(caller, matches.to_vec()).await?;
         for round in 0..=MAX_ROUNDS {
             let active: Vec<&IncludeSpec> =
                 specs.iter().filter(|s| round == 0 || s.iterate).collect();
@@ -127,7 +130,7 @@ impl Records {
             if capped {
                 return Ok((included, true));
             }
-            frontier = new;
+            frontier = self.readable(caller, new).await?;
         }
         Ok((included, false))
     }

@@ -15,6 +15,7 @@
 //! - `prepare`: validation, `meta` stamping, index extraction.
 //! - [`RecordsError`]: domain errors; `http` maps them to OperationOutcomes.
 
+mod access;
 mod audit_log;
 mod bundle;
 pub mod clock;
@@ -32,9 +33,10 @@ mod search;
 mod write;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use carelayer_audit::{Agent, AuditAction, AuditOutcome, AuditRecord, Channel};
-use carelayer_policy::{Action, Decision, Facts, Principal, Request};
+use carelayer_policy::{Decision, Principal};
 use carelayer_store::{SearchQuery, Store, StoredResource};
 
 pub use audit_log::{
@@ -55,16 +57,33 @@ pub use write::{Conditional, WriteOutcome, WriteStatus};
 pub struct Caller {
     pub principal: Principal,
     pub channel: Channel,
+    /// The emergency reason the caller stated (`X-Break-Glass`), if any.
+    pub break_glass: Option<BreakGlass>,
 }
 
 impl Caller {
-    /// The loopback operator of an embedded server (see [`Principal::LocalOperator`]).
+    /// The operator of this server (CLI work, or an operator token from the
+    /// built-in issuer; see [`Principal::LocalOperator`]).
     #[must_use]
     pub fn local_operator(channel: Channel) -> Self {
+        Self::new(Principal::LocalOperator, channel)
+    }
+
+    /// A caller without break-glass.
+    #[must_use]
+    pub fn new(principal: Principal, channel: Channel) -> Self {
         Self {
-            principal: Principal::LocalOperator,
+            principal,
             channel,
+            break_glass: None,
         }
+    }
+
+    /// The same caller, stating an emergency reason.
+    #[must_use]
+    pub fn with_break_glass(mut self, reason: &str) -> Self {
+        self.break_glass = Some(BreakGlass::new(reason));
+        self
     }
 
     fn agent(&self) -> Agent {
@@ -96,6 +115,48 @@ impl Caller {
         }
     }
 }
+
+/// A break-glass request: the stated reason, and whether any access of
+/// the request was permitted only because of it (shared between clones, so
+/// the HTTP layer can mark the response after the records call).
+#[derive(Debug, Clone)]
+pub struct BreakGlass {
+    reason: String,
+    used: Arc<AtomicBool>,
+}
+
+impl BreakGlass {
+    #[must_use]
+    pub fn new(reason: &str) -> Self {
+        Self {
+            reason: reason.trim().to_owned(),
+            used: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    #[must_use]
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+
+    /// Did policy permit something only because of the broken glass?
+    #[must_use]
+    pub fn was_used(&self) -> bool {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn mark_used(&self) {
+        self.used.store(true, Ordering::Relaxed);
+    }
+}
+
+impl PartialEq for BreakGlass {
+    fn eq(&self, other: &Self) -> bool {
+        self.reason == other.reason
+    }
+}
+
+impl Eq for BreakGlass {}
 
 /// One stored version as callers see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,6 +207,12 @@ pub struct RecordsOptions {
     pub search_snapshot_max: usize,
     /// Most pinned result sets kept at once (oldest evicted).
     pub search_snapshots: usize,
+    /// How long after an encounter or episode of care ends it still counts
+    /// as a legitimate relationship between its organisation and the patient.
+    pub relationship_window: std::time::Duration,
+    /// Patients whose access facts are cached (0: no cache; required when
+    /// several servers share one PostgreSQL database, see `access`).
+    pub facts_cache_entries: usize,
 }
 
 impl Default for RecordsOptions {
@@ -159,6 +226,8 @@ impl Default for RecordsOptions {
             max_includes: 1_000,
             search_snapshot_max: 10_000,
             search_snapshots: 256,
+            relationship_window: std::time::Duration::from_secs(30 * 24 * 3600),
+            facts_cache_entries: 100_000,
         }
     }
 }
@@ -169,6 +238,8 @@ pub struct Records {
     options: RecordsOptions,
     /// Pinned result sets of multi-page searches.
     snapshots: paging::SnapshotCache,
+    /// Patient facts for policy decisions.
+    facts: access::FactsCache,
 }
 
 impl Records {
@@ -176,6 +247,7 @@ impl Records {
     pub fn new(store: Arc<dyn Store>, options: RecordsOptions) -> Self {
         Self {
             store,
+            facts: access::FactsCache::new(options.facts_cache_entries),
             options,
             snapshots: paging::SnapshotCache::default(),
         }
@@ -219,20 +291,6 @@ impl Records {
     /// Flush and stop the store (server shutdown).
     pub async fn close(&self) {
         self.store.close().await;
-    }
-
-    /// Ask policy about one access.
-    fn decide(
-        caller: &Caller,
-        action: Action,
-        resource_type: &str,
-        patient: Option<&str>,
-    ) -> Decision {
-        carelayer_policy::decide(
-            &caller.principal,
-            &Request::new(action, resource_type, patient),
-            &Facts::default(),
-        )
     }
 
     /// An audit record for this caller.

@@ -3,6 +3,7 @@
 use carelayer_audit::{AuditAction, AuditOutcome};
 use carelayer_policy::{Action, Decision};
 
+use crate::access::{Subject, redact};
 use crate::prepare::{check_type, is_valid_id};
 use crate::{Caller, Records, RecordsError, Version, purpose_of};
 
@@ -69,15 +70,12 @@ impl Records {
         reference: String,
         found: Option<Version>,
     ) -> Result<Version, RecordsError> {
-        let Some(version) = found else {
+        let Some(mut version) = found else {
             return Err(RecordsError::NotFound(reference));
         };
-        let decision = Self::decide(
-            caller,
-            Action::Read,
-            &version.resource_type,
-            version.patient.as_deref(),
-        );
+        let decision = self
+            .decide(caller, Action::Read, &Subject::of(&version), &[])
+            .await?;
         let history_ref = format!(
             "{}/{}/_history/{}",
             version.resource_type, version.id, version.version
@@ -111,6 +109,7 @@ impl Records {
             None,
         );
         self.append_read_audit(vec![record]).await?;
+        redact(&decision, &mut version)?;
         Ok(version)
     }
 }

@@ -146,14 +146,19 @@ impl Records {
                 let page = self.run_query(&parsed.query).await?;
                 let more = page.matches.len() > count && count > 0;
                 let mut token = None;
+                let mut first_page = None;
                 if more && parsed.page_token.is_none() && parsed.query.snapshot_seq.is_none() {
-                    // First page of a multi-page result: pin the keys.
+                    // First page of a multi-page result: pin the keys, and
+                    // serve this page from them too, so every page comes
+                    // from one result set whatever is written meanwhile
+                    // (a `seq <= snapshot` bound would lose resources
+                    // updated or deleted between the two queries).
                     let cap = self.options.search_snapshot_max;
                     let keys_query = SearchQuery {
                         offset: 0,
                         count: cap.saturating_add(1),
                         total: TotalMode::None,
-                        snapshot_seq: Some(page.snapshot_seq),
+                        snapshot_seq: None,
                         keys_only: true,
                         ..parsed.query.clone()
                     };
@@ -161,6 +166,8 @@ impl Records {
                     let truncated = all.matches.len() > cap;
                     let mut keys = keys_of(&all.matches);
                     keys.truncate(cap);
+                    let end = offset.saturating_add(count).min(keys.len());
+                    first_page = Some(self.load_versions(&keys[offset.min(end)..end]).await?);
                     token = self.snapshots.insert(
                         self.options.search_snapshots,
                         caller.principal.clone(),
@@ -170,8 +177,10 @@ impl Records {
                         page.snapshot_seq,
                     );
                 }
-                let mut versions: Vec<Version> =
-                    page.matches.into_iter().map(Version::from).collect();
+                let mut versions: Vec<Version> = match first_page {
+                    Some(pinned) => pinned,
+                    None => page.matches.into_iter().map(Version::from).collect(),
+                };
                 versions.truncate(count);
                 (
                     versions,
@@ -182,8 +191,11 @@ impl Records {
                 )
             }
         };
+        let page_versions = self
+            .without_hidden_links(caller, &parsed.query.clauses, page_versions)
+            .await?;
         let (included, capped) = self
-            .resolve_includes(&page_versions, &parsed.includes)
+            .resolve_includes(caller, &page_versions, &parsed.includes)
             .await?;
         let mut warnings = Vec::new();
         if capped {
@@ -193,8 +205,9 @@ impl Records {
                 self.options.max_includes
             ));
         }
+        let used: Vec<String> = parsed.applied.iter().map(|(k, _)| k.clone()).collect();
         let (mut matches, included) = self
-            .disclose_split(caller, action, page_versions, included, Some(detail))
+            .disclose_split(caller, action, page_versions, included, Some(detail), &used)
             .await?;
         if parsed.summary != Summary::False || parsed.elements.is_some() {
             for m in &mut matches {
@@ -237,6 +250,7 @@ impl Records {
         matches: Vec<Version>,
         included: Vec<Version>,
         detail: Option<String>,
+        search_params: &[String],
     ) -> Result<(Vec<Version>, Vec<Version>), RecordsError> {
         let match_keys: HashSet<(String, String)> = matches
             .iter()
@@ -244,7 +258,9 @@ impl Records {
             .collect();
         let mut all = matches;
         all.extend(included);
-        let shown = self.disclose_many(caller, action, all, detail).await?;
+        let shown = self
+            .disclose_many(caller, action, all, detail, search_params)
+            .await?;
         let (m, i): (Vec<Version>, Vec<Version>) = shown
             .into_iter()
             .partition(|v| match_keys.contains(&(v.resource_type.clone(), v.id.clone())));

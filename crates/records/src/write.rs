@@ -11,10 +11,13 @@
 use std::collections::{HashMap, HashSet};
 
 use carelayer_audit::{AuditAction, AuditOutcome, AuditRecord};
+use carelayer_policy::Principal;
+use carelayer_policy::facts::CREATING_ORG_TAG_SYSTEM;
 use carelayer_policy::{Action, Decision};
-use carelayer_store::{Precondition, StoreError, WriteSet};
+use carelayer_store::{Precondition, ResourceWrite, StoreError, StoredResource, WriteSet};
 use serde_json::Value;
 
+use crate::access::{self, Body, Subject, redact};
 use crate::prepare::{self, check_type, deletion, is_valid_id, new_id, stamp};
 use crate::{Caller, Records, RecordsError, Version, clock, purpose_of};
 
@@ -296,8 +299,22 @@ impl Records {
             if let AuditMode::Grouped(action) = audit {
                 writes.audit = group_audit(std::mem::take(&mut writes.audit), action);
             }
+            // What the policy facts cache must forget once this commits.
+            let facts_touched: Vec<ResourceWrite> = writes
+                .resources
+                .iter()
+                .filter(|w| access::touches_facts(w))
+                .map(|w| ResourceWrite {
+                    json: Vec::new(),
+                    index: Vec::new(),
+                    ..w.clone()
+                })
+                .collect();
             match self.store.commit(writes).await {
-                Ok(_) => return Ok(outcomes),
+                Ok(_) => {
+                    self.facts.invalidate(&facts_touched);
+                    return Ok(outcomes);
+                }
                 Err(StoreError::PreconditionFailed(what)) => {
                     attempt += 1;
                     if attempt > self.options.conflict_retries {
@@ -516,9 +533,21 @@ impl Records {
                     id: id.clone(),
                     expected: current.as_ref().map(|c| c.version),
                 });
+                // The match is returned only to a caller who may read it.
+                let mut version = current.map(Version::from);
+                if let Some(v) = &mut version {
+                    let decision = self
+                        .decide(caller, Action::Read, &Subject::of(v), &writes.resources)
+                        .await?;
+                    if decision.is_permit() {
+                        redact(&decision, v)?;
+                    } else {
+                        version = None;
+                    }
+                }
                 return Ok(WriteOutcome {
                     status: WriteStatus::Existing,
-                    version: current.map(Version::from),
+                    version,
                 });
             }
             Resolved::Target(id) => id,
@@ -548,7 +577,12 @@ impl Records {
                     version: None,
                 });
             };
-            self.permit(caller, Action::Delete, ty, live.patient_key.as_deref())
+            let subject = Subject {
+                resource_type: ty,
+                patient: live.patient_key.as_deref(),
+                resource: Body::Json(&live.json),
+            };
+            self.permit(caller, Action::Delete, &subject, &writes.resources)
                 .await?;
             let write = deletion(ty, &id, next_version, now);
             writes.audit.push(Self::audit_record(
@@ -605,14 +639,39 @@ impl Records {
             self.rewrite_references(&mut resource, full_urls, writes)
                 .await?;
         }
-        let (write, _) = stamp(resource, ty, &id, next_version, now)?;
-        let policy_action = if live.is_some() {
+        set_creating_org(&mut resource, caller, live);
+        let (write, stamped) = stamp(resource, ty, &id, next_version, now)?;
+        if ty == "Consent"
+            && let Err(e) = carelayer_policy::ConsentRule::from_json(&stamped)
+        {
+            // Policy must be able to read every stored choice.
+            return Err(RecordsError::BusinessRule(vec![crate::Issue::error(
+                "business-rule",
+                Some("Consent".into()),
+                format!("this Consent cannot be enforced: {e}"),
+            )]));
+        }
+        let policy_action = if let Some(live) = live {
+            // Both the version replaced and the new one must be writable
+            // by the caller (a label or a patient cannot be written away).
+            let before = Subject {
+                resource_type: ty,
+                patient: live.patient_key.as_deref(),
+                resource: Body::Json(&live.json),
+            };
+            self.permit(caller, Action::Update, &before, &writes.resources)
+                .await?;
             Action::Update
         } else {
             Action::Create
         };
+        let after = Subject {
+            resource_type: ty,
+            patient: write.patient_key.as_deref(),
+            resource: Body::Value(&stamped),
+        };
         let decision = self
-            .permit(caller, policy_action, ty, write.patient_key.as_deref())
+            .permit(caller, policy_action, &after, &writes.resources)
             .await?;
         writes.audit.push(Self::audit_record(
             caller,
@@ -649,10 +708,11 @@ impl Records {
         &self,
         caller: &Caller,
         action: Action,
-        resource_type: &str,
-        patient: Option<&str>,
+        subject: &Subject<'_>,
+        pending: &[ResourceWrite],
     ) -> Result<Decision, RecordsError> {
-        let decision = Self::decide(caller, action, resource_type, patient);
+        let decision = self.decide(caller, action, subject, pending).await?;
+        let (resource_type, patient) = (subject.resource_type, subject.patient);
         if let Decision::Deny { reason } = &decision {
             let audit_action = match action {
                 Action::Delete => AuditAction::Delete,
@@ -847,6 +907,72 @@ fn pointer_mut<'a>(value: &'a mut Value, path: &[PathStep]) -> Option<&'a mut Va
         };
     }
     Some(current)
+}
+
+/// Record which organisation created a resource, in a `meta.tag` of
+/// [`CREATING_ORG_TAG_SYSTEM`]: `meta.security` R/V labels restrict a
+/// resource to it. A practitioner's or system's organisation is stamped on
+/// create and kept on update; nobody but the operator (imports carrying
+/// the source system's tag) can set or change it.
+fn set_creating_org(resource: &mut Value, caller: &Caller, live: Option<&StoredResource>) {
+    let caller_org = match &caller.principal {
+        Principal::Practitioner { org, .. } => Some(org.clone()),
+        Principal::System { org, .. } => org.clone(),
+        Principal::Patient { .. } | Principal::LocalOperator => None,
+    };
+    let is_creator_tag =
+        |t: &Value| t.get("system").and_then(Value::as_str) == Some(CREATING_ORG_TAG_SYSTEM);
+    let supplied = resource
+        .get("meta")
+        .and_then(|m| m.get("tag"))
+        .and_then(Value::as_array)
+        .and_then(|tags| tags.iter().find(|t| is_creator_tag(t)).cloned());
+    let previous = live
+        .and_then(|l| serde_json::from_slice::<Value>(&l.json).ok())
+        .and_then(|v| {
+            v.get("meta")?
+                .get("tag")?
+                .as_array()?
+                .iter()
+                .find(|t| is_creator_tag(t))
+                .cloned()
+        });
+    let keep = match (&caller.principal, previous) {
+        (_, Some(previous)) => Some(previous),
+        (Principal::LocalOperator, None) => supplied,
+        (_, None) => caller_org
+            .map(|org| serde_json::json!({"system": CREATING_ORG_TAG_SYSTEM, "code": org})),
+    };
+    let Some(object) = resource.as_object_mut() else {
+        return;
+    };
+    let meta = object
+        .entry("meta")
+        .or_insert_with(|| Value::Object(serde_json::Map::new()));
+    let Some(meta) = meta.as_object_mut() else {
+        return;
+    };
+    if let Some(Value::Array(tags)) = meta.get_mut("tag") {
+        tags.retain(|t| !is_creator_tag(t));
+    }
+    if let Some(tag) = keep {
+        match meta.get_mut("tag") {
+            Some(Value::Array(tags)) => tags.push(tag),
+            _ => {
+                meta.insert("tag".into(), Value::Array(vec![tag]));
+            }
+        }
+    }
+    if meta
+        .get("tag")
+        .and_then(Value::as_array)
+        .is_some_and(Vec::is_empty)
+    {
+        meta.remove("tag");
+    }
+    if meta.is_empty() {
+        object.remove("meta");
+    }
 }
 
 #[cfg(test)]

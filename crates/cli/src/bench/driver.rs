@@ -72,8 +72,17 @@ impl Stats {
 
 /// An HTTP client for `clients` concurrent clients: HTTP/1.1 keep-alive,
 /// one connection per client.
-pub(crate) fn client(clients: usize) -> anyhow::Result<reqwest::Client> {
+/// The load generator's HTTP client, presenting `token` on every request.
+pub(crate) fn client(clients: usize, token: Option<&str>) -> anyhow::Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = token {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .context("the token is not a valid header value")?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
     reqwest::Client::builder()
+        .default_headers(headers)
         .pool_max_idle_per_host(clients)
         .tcp_nodelay(true)
         .build()

@@ -90,6 +90,47 @@ pub struct BenchArgs {
     /// The peer's binary (default: `hfs` on the PATH).
     #[arg(long)]
     pub peer_bin: Option<PathBuf>,
+    /// Bearer token for `--server` (the in-process server mints its own).
+    #[arg(long, env = "CARELAYER_TOKEN")]
+    pub token: Option<String>,
+    /// Measurement only: load the in-process server as its operator, whose
+    /// decisions need no facts, instead of as a `system/*.cruds` client
+    /// (consent, labels and redactions evaluated on every access), to
+    /// measure what policy costs.
+    #[arg(long)]
+    pub policy_off: bool,
+}
+
+/// The token the bench's load clients present to an in-process server:
+/// a system client with `system/*.cruds` (policy evaluated with the
+/// patient's facts on every access), or the operator with `--policy-off`.
+///
+/// # Errors
+/// Signing failed.
+pub(crate) fn bench_token(
+    server: &crate::server::RunningServer,
+    policy_off: bool,
+) -> anyhow::Result<String> {
+    use carelayer_http::auth::{DEFAULT_AUDIENCE, TokenSubject};
+    let (subject, scope) = if policy_off {
+        (
+            TokenSubject::Operator {
+                name: "bench".into(),
+            },
+            None,
+        )
+    } else {
+        (
+            TokenSubject::Client {
+                client_id: "bench".into(),
+                org: None,
+            },
+            Some("system/*.cruds"),
+        )
+    };
+    Ok(server
+        .issuer
+        .mint(&subject, scope, DEFAULT_AUDIENCE, 24 * 3600)?)
 }
 
 /// Workloads this harness knows.
@@ -133,7 +174,11 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
         !args.no_read_audit,
     )
     .await?;
-    let client = driver::client(args.clients)?;
+    let token = match &target {
+        Target::InProcess { server, .. } => Some(bench_token(server, args.policy_off)?),
+        Target::Remote { .. } => args.token.clone(),
+    };
+    let client = driver::client(args.clients, token.as_deref())?;
     eprintln!(
         "bench: {} at {} with {} clients, {} per workload",
         target.description(),
@@ -223,6 +268,7 @@ async fn run_suite(args: BenchArgs, patients: u64) -> anyhow::Result<()> {
         peer_bin,
         json: args.json.clone(),
         cache: args.cache_dir.clone(),
+        policy_off: args.policy_off,
     })
     .await
 }

@@ -41,6 +41,7 @@ pub(crate) struct SuiteArgs {
     pub peer_bin: Option<PathBuf>,
     pub json: Option<PathBuf>,
     pub cache: PathBuf,
+    pub policy_off: bool,
 }
 
 /// One measured row.
@@ -85,7 +86,6 @@ pub(crate) async fn run(args: SuiteArgs) -> anyhow::Result<()> {
         args.seed,
         data.dir.display()
     );
-    let client = driver::client(args.clients)?;
     let mut rows = Vec::new();
 
     // carelayer, in-process on a temporary SQLite database.
@@ -109,6 +109,8 @@ pub(crate) async fn run(args: SuiteArgs) -> anyhow::Result<()> {
             caller: Caller::local_operator(AuditChannel::Cli),
         };
         rows.push(load("carelayer", &data, &sink, None, dir.path()).await?);
+        let token = super::bench_token(&server, args.policy_off)?;
+        let client = driver::client(args.clients, Some(&token))?;
         rows.extend(workloads("carelayer", &args, &data, &client, &server.base_url, None).await);
         server.stop().await?;
     }
@@ -119,6 +121,7 @@ pub(crate) async fn run(args: SuiteArgs) -> anyhow::Result<()> {
         let sink = Sink::server(&hfs.base_url, None, Via::Transaction, 4)?;
         let dir = tempfile::tempdir()?;
         let pid = Some(hfs.pid());
+        let client = driver::client(args.clients, None)?;
         rows.push(load("hfs", &data, &sink, pid, dir.path()).await?);
         rows.extend(workloads("hfs", &args, &data, &client, &hfs.base_url.clone(), pid).await);
         hfs.stop();

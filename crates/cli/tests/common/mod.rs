@@ -11,6 +11,7 @@ use std::sync::OnceLock;
 
 use carelayer_cli::server::{RunningServer, ServerConfig, start};
 use carelayer_http::HttpConfig;
+use carelayer_http::auth::{BuiltinIssuer, TokenSubject};
 use carelayer_records::RecordsOptions;
 use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
@@ -148,11 +149,54 @@ impl TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let server = start(config, listener).await.unwrap();
         let base = server.base_url.clone();
+        let operator = mint(
+            &server.issuer,
+            &TokenSubject::Operator {
+                name: "test".into(),
+            },
+            None,
+        );
         Self {
             server: Some(server),
             base,
-            client: client(),
+            client: client_with_token(&operator),
             dir,
+        }
+    }
+
+    /// A token for `subject` from this server's built-in issuer.
+    pub fn token(&self, subject: &TokenSubject, scope: Option<&str>) -> String {
+        mint(&self.server.as_ref().unwrap().issuer, subject, scope)
+    }
+
+    /// A practitioner's token (`user`, SDS `role`, ODS `org`).
+    pub fn practitioner_token(&self, user: &str, role: &str, org: &str) -> String {
+        self.token(
+            &TokenSubject::Practitioner {
+                user_id: user.into(),
+                role: role.into(),
+                org: org.into(),
+            },
+            None,
+        )
+    }
+
+    /// A patient's token.
+    pub fn patient_token(&self, nhs_number: &str) -> String {
+        self.token(
+            &TokenSubject::Patient {
+                nhs_number: nhs_number.into(),
+                patient_id: None,
+            },
+            None,
+        )
+    }
+
+    /// A server like this one's, as the holder of `token`.
+    pub fn as_token(&self, token: &str) -> Caller<'_> {
+        Caller {
+            server: self,
+            client: client_with_token(token),
         }
     }
 
@@ -251,11 +295,94 @@ impl TestServer {
     }
 }
 
+/// A client without a token.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .pool_max_idle_per_host(64)
         .build()
         .unwrap()
+}
+
+/// A client presenting `token` on every request (an explicit
+/// `Authorization` header on a request wins).
+pub fn client_with_token(token: &str) -> reqwest::Client {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .pool_max_idle_per_host(64)
+        .build()
+        .unwrap()
+}
+
+/// Sign a one-hour token for `subject` with `issuer`.
+pub fn mint(issuer: &BuiltinIssuer, subject: &TokenSubject, scope: Option<&str>) -> String {
+    issuer
+        .mint(subject, scope, carelayer_http::auth::DEFAULT_AUDIENCE, 3600)
+        .unwrap()
+}
+
+/// An operator token for a server whose key folder is `key_dir` (the
+/// SQLite file's folder), e.g. one started as a separate process.
+pub fn operator_token(key_dir: &Path) -> String {
+    let issuer = BuiltinIssuer::load_or_create(key_dir).unwrap();
+    mint(
+        &issuer,
+        &TokenSubject::Operator {
+            name: "test".into(),
+        },
+        None,
+    )
+}
+
+/// Requests to a [`TestServer`] as another token holder.
+pub struct Caller<'a> {
+    pub server: &'a TestServer,
+    pub client: reqwest::Client,
+}
+
+impl Caller<'_> {
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> Resp {
+        send(&self.client, method, &self.server.url(path), headers, body).await
+    }
+
+    pub async fn get(&self, path: &str) -> Resp {
+        self.send(Method::GET, path, &[], None).await
+    }
+
+    pub async fn get_h(&self, path: &str, headers: &[(&str, &str)]) -> Resp {
+        self.send(Method::GET, path, headers, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Resp {
+        self.post_h(path, body, &[]).await
+    }
+
+    pub async fn post_h(&self, path: &str, body: &Value, headers: &[(&str, &str)]) -> Resp {
+        let mut h = vec![("content-type", FHIR_JSON)];
+        h.extend_from_slice(headers);
+        let body = Some(serde_json::to_vec(body).unwrap());
+        self.send(Method::POST, path, &h, body).await
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> Resp {
+        let h = [("content-type", FHIR_JSON)];
+        let body = Some(serde_json::to_vec(body).unwrap());
+        self.send(Method::PUT, path, &h, body).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Resp {
+        self.send(Method::DELETE, path, &[], None).await
+    }
 }
 
 pub async fn send(

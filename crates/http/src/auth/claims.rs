@@ -10,9 +10,11 @@
 //! | `patient_id` | the id of that patient's Patient resource (optional) |
 //! | `client_id` | a backend client id: makes the token a system's (without role or patient) |
 //! | `scope` | space-separated SMART scopes; required for clients, optional (narrowing) for others |
+//! | `carelayer_operator` | `true`: the server's operator; honoured only in tokens of the built-in issuer (`carelayer token --operator`) |
 //!
-//! Precedence: a role makes a practitioner, else an NHS number a patient,
-//! else a `client_id` a system; anything else is refused.
+//! Precedence: the operator claim, then a role makes a practitioner, else
+//! an NHS number a patient, else a `client_id` a system; anything else is
+//! refused.
 
 use base64::Engine;
 use carelayer_fhir::nhs_number::NhsNumber;
@@ -34,6 +36,7 @@ pub const CLAIM_NAMES: &[&str] = &[
     "patient_id",
     "client_id",
     "scope",
+    "carelayer_operator",
 ];
 
 /// The claims we read; `aud`/`exp`/`nbf`/`iss` are checked by the decoder.
@@ -54,6 +57,8 @@ pub(crate) struct Claims {
     pub client_id: Option<String>,
     #[serde(default)]
     pub scope: Option<String>,
+    #[serde(default)]
+    pub carelayer_operator: bool,
 }
 
 /// The `iss` of a token before verification, to pick the issuer's keys.
@@ -95,6 +100,15 @@ fn scopes(claims: &Claims) -> Option<Vec<Scope>> {
 
 /// Claims → principal (see the module table).
 pub(crate) fn principal(claims: &Claims) -> Result<Principal, AuthError> {
+    if claims.carelayer_operator {
+        // Another issuer cannot make its subjects operators of this server.
+        if claims.iss != super::BUILTIN_ISSUER {
+            return Err(AuthError::invalid(
+                "only this server's own issuer can name its operator",
+            ));
+        }
+        return Ok(Principal::LocalOperator);
+    }
     if let Some(role) = &claims.carelayer_role {
         let user_id = claims
             .sub

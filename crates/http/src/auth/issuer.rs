@@ -61,6 +61,9 @@ pub enum TokenSubject {
         client_id: String,
         org: Option<String>,
     },
+    /// The server's operator (full access, audited as the operator); only
+    /// this issuer's tokens can say so.
+    Operator { name: String },
 }
 
 /// The built-in issuer's key.
@@ -185,12 +188,28 @@ impl BuiltinIssuer {
         ttl_secs: u64,
     ) -> Result<String, IssuerError> {
         let now = jsonwebtoken::get_current_timestamp();
+        self.mint_between(subject, scope, audience, now, now.saturating_add(ttl_secs))
+    }
+
+    /// Sign a token valid from `not_before` until `expires` (Unix seconds).
+    ///
+    /// # Errors
+    /// Signing failed.
+    pub fn mint_between(
+        &self,
+        subject: &TokenSubject,
+        scope: Option<&str>,
+        audience: &str,
+        not_before: u64,
+        expires: u64,
+    ) -> Result<String, IssuerError> {
+        let now = jsonwebtoken::get_current_timestamp();
         let mut claims = Map::new();
         claims.insert("iss".into(), json!(BUILTIN_ISSUER));
         claims.insert("aud".into(), json!(audience));
-        claims.insert("iat".into(), json!(now));
-        claims.insert("nbf".into(), json!(now));
-        claims.insert("exp".into(), json!(now.saturating_add(ttl_secs)));
+        claims.insert("iat".into(), json!(now.min(not_before)));
+        claims.insert("nbf".into(), json!(not_before));
+        claims.insert("exp".into(), json!(expires));
         claims.insert("jti".into(), json!(uuid::Uuid::new_v4().to_string()));
         match subject {
             TokenSubject::Practitioner { user_id, role, org } => {
@@ -214,6 +233,10 @@ impl BuiltinIssuer {
                 if let Some(org) = org {
                     claims.insert("carelayer_org".into(), json!(org));
                 }
+            }
+            TokenSubject::Operator { name } => {
+                claims.insert("sub".into(), json!(name));
+                claims.insert("carelayer_operator".into(), json!(true));
             }
         }
         if let Some(scope) = scope {

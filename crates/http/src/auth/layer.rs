@@ -1,5 +1,6 @@
-//! The authentication middleware. It verifies the bearer token (if any,
-//! or always when tokens are required) and runs the rest of the request
+//! The authentication middleware. It verifies the bearer token (required
+//! everywhere but the public paths), takes the `X-Break-Glass` reason, and
+//! runs the rest of the request
 //! with the resulting caller in a task-local, which `caller.rs` reads: the
 //! handlers keep asking "who is calling" in one place and never see tokens.
 
@@ -33,7 +34,14 @@ fn is_public(path: &str) -> bool {
         || path.starts_with("/fhir/.well-known/")
 }
 
+/// The request header stating an emergency reason (break-glass).
+pub const BREAK_GLASS_HEADER: &str = "x-break-glass";
+/// The response header saying the emergency reason was needed and used.
+pub const BREAK_GLASS_USED_HEADER: &str = "x-break-glass-used";
+
 /// Axum middleware: authenticate, then run the request as that caller.
+/// Every path but the public ones needs a valid token; a token on a public
+/// path is still verified (a bad token is a 401, never ignored).
 pub(crate) async fn authenticate(
     State(auth): State<Arc<Authenticator>>,
     request: Request<Body>,
@@ -43,17 +51,40 @@ pub(crate) async fn authenticate(
         Ok(token) => token,
         Err(e) => return e.into_response(),
     };
-    let caller = match token {
+    let mut caller = match token {
         Some(token) => match auth.verify(&token).await {
             Ok(caller) => caller,
             Err(e) => return e.into_response(),
         },
-        None if auth.config().require_tokens && !is_public(request.uri().path()) => {
-            return AuthError::Missing.into_response();
-        }
-        None => return next.run(request).await,
+        None if is_public(request.uri().path()) => return next.run(request).await,
+        None => return AuthError::Missing.into_response(),
     };
-    CALLER.scope(caller, next.run(request)).await
+    if let Some(value) = request.headers().get(BREAK_GLASS_HEADER) {
+        let reason = value.to_str().map(str::trim).unwrap_or_default();
+        if reason.is_empty() {
+            return crate::error::outcome_response(
+                axum::http::StatusCode::BAD_REQUEST,
+                &[carelayer_records::Issue::error(
+                    "required",
+                    None,
+                    "X-Break-Glass must state the emergency reason (printable ASCII)",
+                )],
+            );
+        }
+        caller = caller.with_break_glass(reason);
+    }
+    let glass = caller.break_glass.clone();
+    let mut response = CALLER.scope(caller, next.run(request)).await;
+    if glass
+        .as_ref()
+        .is_some_and(carelayer_records::BreakGlass::was_used)
+    {
+        response.headers_mut().insert(
+            BREAK_GLASS_USED_HEADER,
+            axum::http::HeaderValue::from_static("true"),
+        );
+    }
+    response
 }
 
 /// The bearer token of `Authorization`, if any.

@@ -2,7 +2,9 @@
 //!
 //! Map:
 //! - [`AuthConfig`]: trusted issuers, audiences, the built-in issuer, the
-//!   registered-client file, and the one switch [`AuthConfig::require_tokens`].
+//!   registered-client file. Every request but the public ones
+//!   (`/fhir/metadata`, `/.well-known/*`, `/oauth/token`) needs a valid
+//!   bearer token: there is no anonymous access.
 //! - `keys`: JWKS key sets from a file or URL, cached, refetched on an
 //!   unknown `kid` (key rotation).
 //! - `claims`: claim names → principal (documented there).
@@ -59,12 +61,6 @@ pub struct TrustedIssuer {
 /// Authentication settings.
 #[derive(Debug, Clone, Default)]
 pub struct AuthConfig {
-    /// Phase switch: when true every request but the public ones
-    /// (`/fhir/metadata`, `/.well-known/*`, `/oauth/token`) needs a valid
-    /// bearer token. When false a request without a token runs as the local
-    /// operator (loopback-only servers), and a request *with* a token is
-    /// still verified (a bad token is a 401, never a silent downgrade).
-    pub require_tokens: bool,
     /// Accepted `aud` values (besides the public FHIR base URL, when
     /// configured). Default: `["carelayer"]`.
     pub audiences: Vec<String>,
@@ -96,7 +92,6 @@ pub struct Authenticator {
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Authenticator")
-            .field("require_tokens", &self.config.require_tokens)
             .field("audiences", &self.audiences)
             .field(
                 "issuers",
@@ -186,10 +181,10 @@ impl Authenticator {
         let data = jsonwebtoken::decode::<claims::Claims>(token, &key, &validation)
             .map_err(|e| AuthError::invalid(claims::describe(&e)))?;
         let principal = claims::principal(&data.claims)?;
-        Ok(Caller {
+        Ok(Caller::new(
             principal,
-            channel: carelayer_records::AuditChannel::Rest,
-        })
+            carelayer_records::AuditChannel::Rest,
+        ))
     }
 }
 

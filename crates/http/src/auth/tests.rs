@@ -35,7 +35,6 @@ fn fixture() -> Fixture {
     std::fs::write(&jwks_path, rsa_jwks("rsa1").to_string()).unwrap_or_else(|e| panic!("{e}"));
     let auth = Authenticator::new(
         AuthConfig {
-            require_tokens: true,
             builtin: Some(Arc::clone(&issuer)),
             issuers: vec![TrustedIssuer {
                 issuer: RSA_ISSUER.into(),

@@ -95,7 +95,7 @@ async fn route(
         })
         .collect();
     let ctx = Ctx {
-        caller: crate::caller::from_headers(&headers),
+        caller: crate::caller::current(),
         base: response::base_url(&state, &headers),
         prefer: response::prefer(&headers),
         state,
