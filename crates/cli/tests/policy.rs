@@ -257,6 +257,17 @@ async fn a_clinician_without_a_relationship_finds_nothing_on_any_path() {
             .await),
         ["Patient/p1", "Patient/p2"]
     );
+    // Counts do not leak withheld resources.
+    for q in [
+        "Observation?_summary=count",
+        "Observation?_total=accurate&_count=1",
+    ] {
+        let r = trust.get(q).await;
+        r.expect_status(200);
+        assert_eq!(r.json["total"], 0, "{q}: {}", r.text);
+        let r = gp.get(q).await;
+        assert_eq!(r.json["total"], 3, "{q}: {}", r.text);
+    }
     let everything = ids(&trust.get("Patient/p1/$everything").await);
     assert!(
         everything.iter().all(|r| !r.starts_with("Observation/")),

@@ -453,6 +453,58 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
+impl Records {
+    /// The number of matches of `parsed` the caller may see, when the store
+    /// counted `all` (`_total`, `_summary=count`): counts must not leak
+    /// withheld resources. Above the paging snapshot cap the caller's total
+    /// is not computed and the Bundle carries none.
+    pub(crate) async fn visible_total(
+        &self,
+        caller: &Caller,
+        parsed: &crate::search::ParsedSearch,
+        all: u64,
+    ) -> Result<Option<u64>, RecordsError> {
+        if caller.principal == Principal::LocalOperator || all == 0 {
+            return Ok(Some(all));
+        }
+        let cap = self.options.search_snapshot_max;
+        if usize::try_from(all).map_or(true, |n| n > cap) {
+            return Ok(None);
+        }
+        let query = SearchQuery {
+            offset: 0,
+            count: cap,
+            total: carelayer_store::TotalMode::None,
+            snapshot_seq: None,
+            keys_only: false,
+            sort: Vec::new(),
+            ..parsed.query.clone()
+        };
+        let matches: Vec<Version> = self
+            .store
+            .search(&query)
+            .await?
+            .matches
+            .into_iter()
+            .map(Version::from)
+            .collect();
+        let matches = self
+            .without_hidden_links(caller, &query.clauses, matches)
+            .await?;
+        let params: Vec<&str> = parsed.applied.iter().map(|(k, _)| k.as_str()).collect();
+        let mut n = 0u64;
+        for v in &matches {
+            let d = self
+                .decide(caller, Action::Search, &Subject::of(v), &[])
+                .await?;
+            if d.is_permit() && !d.hidden_from_search(params.iter().copied()) {
+                n += 1;
+            }
+        }
+        Ok(Some(n))
+    }
+}
+
 /// Witnesses examined per link when checking a chained or `_has` match.
 const LINK_WITNESSES: usize = 100;
 

@@ -143,7 +143,10 @@ impl Records {
                 )
             }
             None => {
-                let page = self.run_query(&parsed.query).await?;
+                let mut page = self.run_query(&parsed.query).await?;
+                if let Some(all) = page.total {
+                    page.total = self.visible_total(caller, &parsed, all).await?;
+                }
                 let more = page.matches.len() > count && count > 0;
                 let mut token = None;
                 let mut first_page = None;
