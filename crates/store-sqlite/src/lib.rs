@@ -72,6 +72,21 @@ pub enum Synchronous {
     Normal,
 }
 
+/// When a batch holding only audit appends (read, search and denial
+/// entries; write sets always carry their own entries) is made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AuditSync {
+    /// Written to the WAL before the request is answered (so it survives a
+    /// process kill at once) and fsynced by the checkpoint thread within
+    /// 50 ms (its checkpoint interval): a power cut can lose at most that much
+    /// of the read audit trail, never a write or its entries. Reads then
+    /// wait for no fsync.
+    #[default]
+    Checkpoint,
+    /// fsynced before the request is answered, like writes.
+    Commit,
+}
+
 /// Tuning knobs; the defaults suit a small server.
 #[derive(Debug, Clone)]
 pub struct SqliteOptions {
@@ -82,6 +97,8 @@ pub struct SqliteOptions {
     /// How long a connection waits on a lock held by another process.
     pub busy_timeout: Duration,
     pub synchronous: Synchronous,
+    /// Durability of audit-only batches (see [`AuditSync`]).
+    pub audit_sync: AuditSync,
     /// Page cache per connection, KiB.
     pub cache_kib: i64,
 }
@@ -94,6 +111,7 @@ impl Default for SqliteOptions {
             max_batch: 512,
             busy_timeout: Duration::from_secs(5),
             synchronous: Synchronous::Full,
+            audit_sync: AuditSync::Checkpoint,
             cache_kib: 64 * 1024,
         }
     }
@@ -145,12 +163,17 @@ impl SqliteStore {
         let readers = Arc::new(ReaderPool::new(path.to_path_buf(), options.clone()));
         // Open the readers now so a bad path fails here, not on first read.
         readers.warm()?;
-        let checkpointer = start_checkpointer(path, &options)?;
+        // Set by the writer after an audit-only batch committed without
+        // fsync; the checkpoint thread fsyncs the WAL and clears it.
+        let unsynced = (options.synchronous == Synchronous::Full
+            && options.audit_sync == AuditSync::Checkpoint)
+            .then(|| Arc::new(AtomicBool::new(false)));
+        let checkpointer = start_checkpointer(path, &options, unsynced.clone())?;
         let max_batch = options.max_batch.max(1);
         let (tx, rx) = tokio::sync::mpsc::channel(max_batch.saturating_mul(4));
         let handle = std::thread::Builder::new()
             .name("carelayer-sqlite-writer".into())
-            .spawn(move || writer::run(conn, rx, head, max_batch))
+            .spawn(move || writer::run(conn, rx, head, max_batch, unsynced))
             .map_err(|e| StoreError::Other(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
             path: path.to_path_buf(),
@@ -243,8 +266,25 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(50);
 fn start_checkpointer(
     path: &Path,
     options: &SqliteOptions,
+    unsynced: Option<Arc<AtomicBool>>,
 ) -> Result<(mpsc::Sender<()>, JoinHandle<()>), StoreError> {
     let conn = Connection::open_with_flags(path, reader_flags()).map_err(sql_err)?;
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let wal = PathBuf::from(wal);
+    // fsync the WAL if the writer committed audit-only batches without it.
+    let sync_wal = move || {
+        if let Some(flag) = &unsynced
+            && flag.swap(false, Ordering::AcqRel)
+        {
+            let synced = std::fs::File::open(&wal).and_then(|f| f.sync_data());
+            if let Err(e) = synced {
+                // Try again next round rather than lose the obligation.
+                flag.store(true, Ordering::Release);
+                tracing::warn!(error = %e, "cannot fsync the WAL for audit entries");
+            }
+        }
+    };
     conn.busy_timeout(options.busy_timeout).map_err(sql_err)?;
     let (stop, stopped) = mpsc::channel::<()>();
     let handle = std::thread::Builder::new()
@@ -255,10 +295,12 @@ fn start_checkpointer(
                     Err(mpsc::RecvTimeoutError::Timeout) => {}
                     // Stop asked (or the store dropped): final flush, then exit.
                     Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        sync_wal();
                         let _ = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)");
                         return;
                     }
                 }
+                sync_wal();
                 // (busy, WAL frames, frames checkpointed)
                 let state: Result<(i64, i64, i64), _> =
                     conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {

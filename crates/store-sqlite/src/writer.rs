@@ -13,6 +13,9 @@
 //! open: appending needs no read. A rolled-back attempt or a failed COMMIT
 //! restores the batch's starting head.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use carelayer_audit::{AuditRecord, GENESIS_HASH, canonical_bytes, chain_hash_bytes};
 use carelayer_fhir::search::{IndexEntry, IndexValue};
 use carelayer_store::{CommitReceipt, Precondition, ResourceWrite, StoreError, WriteSet};
@@ -65,7 +68,18 @@ pub(crate) fn load_head(conn: &Connection) -> Result<Head, StoreError> {
 
 /// The writer thread's body. Returns when a `Close` job is done or every
 /// sender is gone.
-pub(crate) fn run(conn: Connection, mut rx: Receiver<Job>, mut head: Head, max_batch: usize) {
+///
+/// `unsynced` (see [`crate::AuditSync::Checkpoint`]): batches of audit
+/// appends alone commit with `synchronous=NORMAL` (no fsync) and raise the
+/// flag for the checkpoint thread; any batch with a write set commits FULL.
+pub(crate) fn run(
+    conn: Connection,
+    mut rx: Receiver<Job>,
+    mut head: Head,
+    max_batch: usize,
+    unsynced: Option<Arc<AtomicBool>>,
+) {
+    let mut relaxed = false;
     let max_batch = max_batch.max(1);
     let mut batch: Vec<Job> = Vec::with_capacity(max_batch);
     loop {
@@ -91,7 +105,21 @@ pub(crate) fn run(conn: Connection, mut rx: Receiver<Job>, mut head: Head, max_b
             }
         }
         if !batch.is_empty() {
+            let audit_only = batch.iter().all(|j| matches!(j, Job::Audit(..)));
+            let relax = unsynced.is_some() && audit_only;
+            if relax != relaxed {
+                let mode = if relax { "NORMAL" } else { "FULL" };
+                if conn
+                    .execute_batch(&format!("PRAGMA synchronous={mode}"))
+                    .is_ok()
+                {
+                    relaxed = relax;
+                }
+            }
             run_batch(&conn, &mut batch, &mut head);
+            if relaxed && let Some(flag) = &unsynced {
+                flag.store(true, Ordering::Release);
+            }
         }
         batch.clear();
         if let Some(reply) = closing {
