@@ -74,6 +74,15 @@ pub struct ServeArgs {
     /// The public FHIR base URL used in links (default: from the Host header).
     #[arg(long, env = "CARELAYER_BASE_URL")]
     pub base_url: Option<String>,
+    /// A URL prefix bulk `$import` kick-offs may name as inputs (the server
+    /// fetches them). Repeatable, or comma-separated in the environment;
+    /// none by default.
+    #[arg(
+        long = "import-source",
+        env = "CARELAYER_IMPORT_SOURCES",
+        value_delimiter = ','
+    )]
+    pub import_sources: Vec<String>,
     #[command(flatten)]
     pub auth: crate::token::AuthArgs,
     /// Folder of the audit checkpoint signing key (default: next to the

@@ -18,6 +18,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         http: HttpConfig {
             max_body_bytes: args.max_body_bytes,
             base_url: args.base_url.clone(),
+            import_sources: args.import_sources.clone(),
             auth: crate::token::auth_config(
                 &args.db.database,
                 args.key_dir.as_deref(),

@@ -43,6 +43,9 @@ pub struct HttpConfig {
     /// Authentication: trusted issuers and the built-in issuer (every
     /// non-public request needs a token).
     pub auth: auth::AuthConfig,
+    /// URL prefixes a bulk `$import` kick-off may name as inputs (the
+    /// server fetches them; empty: none).
+    pub import_sources: Vec<String>,
 }
 
 impl Default for HttpConfig {
@@ -51,6 +54,7 @@ impl Default for HttpConfig {
             max_body_bytes: 16 * 1024 * 1024,
             base_url: None,
             auth: auth::AuthConfig::default(),
+            import_sources: Vec::new(),
         }
     }
 }
@@ -60,6 +64,8 @@ impl Default for HttpConfig {
 pub(crate) struct AppState {
     pub records: Arc<Records>,
     pub config: Arc<HttpConfig>,
+    /// Bulk `$import` jobs (see `fhir/bulk_import.rs`).
+    pub import_jobs: Arc<fhir::ImportJobs>,
 }
 
 /// The application router.
@@ -75,6 +81,7 @@ pub fn app(records: Arc<Records>, config: HttpConfig) -> Router {
     let state = AppState {
         records,
         config: Arc::new(config),
+        import_jobs: Arc::default(),
     };
     let fhir = Router::new()
         .route("/", axum::routing::get(fhir::root_redirect))

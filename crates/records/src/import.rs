@@ -263,7 +263,7 @@ fn reference_of(entry: &WriteEntry) -> Option<String> {
 }
 
 /// Whether a stored version holds `incoming` (ignoring the server-stamped
-/// `meta.versionId` and `meta.lastUpdated`).
+/// `meta.versionId`, `meta.lastUpdated` and creating-organisation tag).
 fn same_content(stored: &[u8], incoming: &Value) -> bool {
     let Ok(mut stored) = serde_json::from_slice::<Value>(stored) else {
         return false;
@@ -273,6 +273,15 @@ fn same_content(stored: &[u8], incoming: &Value) -> bool {
         if let Some(meta) = v.get_mut("meta").and_then(Value::as_object_mut) {
             meta.remove("versionId");
             meta.remove("lastUpdated");
+            if let Some(Value::Array(tags)) = meta.get_mut("tag") {
+                tags.retain(|t| {
+                    t.get("system").and_then(Value::as_str)
+                        != Some(carelayer_policy::facts::CREATING_ORG_TAG_SYSTEM)
+                });
+                if tags.is_empty() {
+                    meta.remove("tag");
+                }
+            }
             if meta.is_empty() {
                 v.as_object_mut().map(|o| o.remove("meta"));
             }

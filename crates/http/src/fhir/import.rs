@@ -7,8 +7,8 @@
 //! do not stop the others. `?skip-unchanged=true` skips resources already
 //! stored with the same content (safe re-sends after an interruption).
 //!
-//! The FHIR bulk-import kick-off with a `Parameters` body naming input URLs
-//! is not supported: the server does not fetch files on a client's behalf.
+//! With a JSON `Parameters` body the same endpoint is the asynchronous bulk
+//! import kick-off (see `bulk_import`).
 
 use axum::http::{StatusCode, header};
 use axum::response::Response;

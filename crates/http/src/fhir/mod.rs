@@ -2,9 +2,12 @@
 //! then a file per interaction.
 
 mod audit;
+mod bulk_import;
 mod bundle;
 mod history;
 mod import;
+
+pub(crate) use bulk_import::ImportJobs;
 mod metadata;
 mod read;
 mod search;
@@ -122,7 +125,13 @@ async fn route(
         ([], _) => not_allowed(),
         (["metadata"], &Method::GET) => Ok(metadata::capability_statement(&ctx)),
         (["_history"], &Method::GET) => history::history(ctx, None, None).await,
+        (["$import"], &Method::POST) if is_json(&ctx.headers) => bulk_import::kick_off(ctx).await,
         (["$import"], &Method::POST) => import::import(ctx).await,
+        (["$import-poll-status", id], &Method::GET) => bulk_import::status(ctx, id).await,
+        (["$import-poll-status", id], &Method::DELETE) => bulk_import::cancel(ctx, id).await,
+        (["$import-poll-status", id, "errors", n], &Method::GET) => {
+            bulk_import::errors(ctx, id, n).await
+        }
         (["_search"], &Method::POST) => search::search_post(ctx, None).await,
         ([ty], &Method::GET) if is_type_like(ty) => search::search(ctx, Some(ty)).await,
         ([ty], &Method::POST) if is_type_like(ty) => write::create(ctx, ty).await,
@@ -148,6 +157,18 @@ async fn route(
             "/fhir/{path} is not a FHIR interaction this server knows"
         ))),
     }
+}
+
+/// A JSON body (`application/fhir+json` or `application/json`).
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            let media = ct.split(';').next().unwrap_or("").trim();
+            media.eq_ignore_ascii_case("application/fhir+json")
+                || media.eq_ignore_ascii_case("application/json")
+        })
 }
 
 /// Resource types start with an upper-case letter; anything else under the
