@@ -349,9 +349,23 @@ async fn break_glass_is_permitted_marked_audited_and_alerted() {
     r.expect_status(200);
     assert_eq!(r.header("x-break-glass-used"), None);
 
-    // The patient's access log shows an emergency override with the reason.
-    let log = w.s.get("AuditEvent?patient=p1").await;
+    // The patient's own access log shows the refusal (as a denial with its
+    // reason) and the emergency override with the stated reason.
+    let log = w.s.as_token(&w.patient1).get("AuditEvent").await;
     log.expect_status(200);
+    let denied = log.json["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["resource"]["outcome"] == "4")
+        .filter(|e| e["resource"].to_string().contains("trust-user"))
+        .count();
+    assert!(denied >= 1, "no denial in the patient's log: {}", log.text);
+    assert!(
+        log.text.contains("no legitimate relationship"),
+        "the denial's reason is missing: {}",
+        log.text
+    );
     assert!(
         log.text.contains("unconscious in ED"),
         "break-glass reason missing from the log: {}",
