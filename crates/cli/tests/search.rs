@@ -597,9 +597,31 @@ async fn includes_sorting_and_result_control() {
         .await;
     r.expect_status(200);
     assert_eq!(r.json["entry"][0]["resource"]["id"], "b");
-    s.get("Observation?code:in=http://x")
+    s.get("Observation?code:in=http://x").await.expect_outcome(
+        501,
+        "not-supported",
+        Some("http://x"),
+    );
+    // Value sets the server carries expand: Encounter.status.
+    let vs = "http://hl7.org/fhir/ValueSet/encounter-status";
+    assert_eq!(
+        ids(&s, &format!("Encounter?status:in={vs}")).await,
+        ["e1", "e2"]
+    );
+    assert!(
+        ids(&s, &format!("Encounter?status:not-in={vs}"))
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        ids(
+            &s,
+            &format!("Patient?gender:in=http://hl7.org/fhir/ValueSet/administrative-gender")
+        )
         .await
-        .expect_status(501);
+        .len(),
+        4
+    );
     s.stop().await;
 }
 

@@ -534,6 +534,13 @@ impl ValueSet {
         self.systems.iter().map(|(s, _)| &**s)
     }
 
+    /// Every `(system, code)` of the expansion.
+    pub fn codes(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.systems
+            .iter()
+            .flat_map(|(s, codes)| codes.iter().map(move |c| (&**s, &**c)))
+    }
+
     /// Whether the expansion includes anything from `system`.
     pub fn has_system(&self, system: &str) -> bool {
         self.systems.iter().any(|(s, _)| &**s == system)

@@ -9,7 +9,8 @@
 //!   `:above :below` (without a terminology server a code subsumes only
 //!   itself, so they match the code exactly); string `:exact :contains`;
 //!   uri `:above :below`; reference `:identifier`, `:{Type}`; token
-//!   `:in`/`:not-in` need a terminology service and are refused as
+//!   `:in`/`:not-in` expand the R4 required-binding value sets the server
+//!   carries; other value sets need a terminology service and are refused as
 //!   not supported;
 //! - chaining `subject:Patient.identifier=…` (any depth up to
 //!   [`MAX_DEPTH`]; without a type, every target type that has the chained
@@ -782,6 +783,9 @@ pub(crate) fn filter_clauses(
             "search parameter '{code}' is not indexed by this server"
         )));
     }
+    if info.kind == ParamType::Token && matches!(modifier, Some("in" | "not-in")) {
+        return value_set_clauses(name, code, modifier == Some("in"), &values);
+    }
     if info.kind == ParamType::Token && modifier == Some("not") {
         // Every listed value must be absent.
         return values
@@ -848,11 +852,6 @@ fn parse_value(
                         code: format!("{type_code}|{ident}"),
                     },
                 }]
-            }
-            Some("in" | "not-in") => {
-                return Err(RecordsError::NotSupported(format!(
-                    "{name}: value-set membership needs a terminology service, which this server does not have"
-                )));
             }
             _ => return Err(unsupported_modifier()),
         },
@@ -1000,6 +999,68 @@ fn component_test(kind: ParamType, name: &str, value: &str) -> Result<IndexTest,
                 kind.as_str()
             )));
         }
+    })
+}
+
+/// Most codes a `:in`/`:not-in` expands to.
+const MAX_VALUE_SET_CODES: usize = 1_000;
+
+/// `:in` (some code in one of the value sets) and `:not-in` (no code in
+/// any), over the expansions of the R4 value sets the server carries (the
+/// required-binding ones of the official package).
+fn value_set_clauses(
+    name: &str,
+    param: &str,
+    inside: bool,
+    urls: &[String],
+) -> Result<Vec<Clause>, RecordsError> {
+    let defs = carelayer_fhir::definitions::r4();
+    let mut tests = Vec::new();
+    for url in urls {
+        let url = url.split('|').next().unwrap_or(url);
+        let vs = defs.value_set(url).ok_or_else(|| {
+            RecordsError::NotSupported(format!(
+                "{name}: value set '{url}' is not known here (this server expands the R4 required-binding value sets; there is no terminology service)"
+            ))
+        })?;
+        for (system, code) in vs.codes() {
+            tests.push(IndexTest::Token {
+                system: Some(Some(system.to_owned())),
+                code: code.to_owned(),
+            });
+            // A `code` element carries no system: its value set's is implied.
+            tests.push(IndexTest::Token {
+                system: Some(None),
+                code: code.to_owned(),
+            });
+        }
+    }
+    if tests.len() / 2 > MAX_VALUE_SET_CODES {
+        return Err(RecordsError::TooCostly(format!(
+            "{name}: the value set has {} codes, more than the {MAX_VALUE_SET_CODES} a search may test",
+            tests.len() / 2
+        )));
+    }
+    Ok(if inside {
+        vec![Clause {
+            any_of: tests
+                .into_iter()
+                .map(|test| Predicate::Index {
+                    param: param.to_owned(),
+                    test,
+                })
+                .collect(),
+        }]
+    } else {
+        tests
+            .into_iter()
+            .map(|test| Clause {
+                any_of: vec![Predicate::Not {
+                    param: param.to_owned(),
+                    test,
+                }],
+            })
+            .collect()
     })
 }
 
