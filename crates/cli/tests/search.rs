@@ -616,7 +616,7 @@ async fn includes_sorting_and_result_control() {
     assert_eq!(
         ids(
             &s,
-            &format!("Patient?gender:in=http://hl7.org/fhir/ValueSet/administrative-gender")
+            "Patient?gender:in=http://hl7.org/fhir/ValueSet/administrative-gender"
         )
         .await
         .len(),
