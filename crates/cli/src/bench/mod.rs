@@ -269,6 +269,7 @@ async fn run_suite(args: BenchArgs, patients: u64) -> anyhow::Result<()> {
         json: args.json.clone(),
         cache: args.cache_dir.clone(),
         policy_off: args.policy_off,
+        no_read_audit: args.no_read_audit,
     })
     .await
 }

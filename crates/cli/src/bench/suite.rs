@@ -42,6 +42,7 @@ pub(crate) struct SuiteArgs {
     pub json: Option<PathBuf>,
     pub cache: PathBuf,
     pub policy_off: bool,
+    pub no_read_audit: bool,
 }
 
 /// One measured row.
@@ -98,7 +99,14 @@ pub(crate) async fn run(args: SuiteArgs) -> anyhow::Result<()> {
             crate::server::ServerConfig {
                 database: format!("sqlite://{}/bench.db", dir.path().display()),
                 http: HttpConfig::default(),
-                records: RecordsOptions::default(),
+                records: RecordsOptions {
+                    // Off only for `--no-read-audit`, to measure audit overhead.
+                    audit: carelayer_records::AuditOptions {
+                        audit_reads: !args.no_read_audit,
+                        ..carelayer_records::AuditOptions::default()
+                    },
+                    ..RecordsOptions::default()
+                },
                 demo: false,
             },
             listener,

@@ -43,6 +43,9 @@ pub const CLAIM_NAMES: &[&str] = &[
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct Claims {
     pub iss: String,
+    /// Checked by the decoder; kept to bound the verified-token cache.
+    #[serde(default)]
+    pub exp: u64,
     #[serde(default)]
     pub sub: Option<String>,
     #[serde(default, alias = "sds_role")]

@@ -87,7 +87,14 @@ pub struct Authenticator {
     http: reqwest::Client,
     /// Client-assertion `jti`s seen, until they expire (replay defence).
     seen_jti: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    /// Tokens already verified → (caller, `exp`): an ES256/RS256 signature
+    /// check costs far more than the rest of a read, and clients send the
+    /// same token for its whole life. Entries expire with their token.
+    verified: std::sync::Mutex<std::collections::HashMap<String, (Caller, u64)>>,
 }
+
+/// Most verified tokens remembered (the cache is emptied when full).
+const VERIFIED_CACHE: usize = 10_000;
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -134,6 +141,7 @@ impl Authenticator {
                 .build()
                 .unwrap_or_default(),
             seen_jti: std::sync::Mutex::new(std::collections::HashMap::new()),
+            verified: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -158,6 +166,28 @@ impl Authenticator {
     /// # Errors
     /// [`AuthError`] for anything wrong with the token.
     pub async fn verify(&self, token: &str) -> Result<Caller, AuthError> {
+        let now = jsonwebtoken::get_current_timestamp();
+        if let Ok(cache) = self.verified.lock()
+            && let Some((caller, exp)) = cache.get(token)
+            && now <= exp.saturating_add(LEEWAY_SECS)
+        {
+            return Ok(caller.clone());
+        }
+        let (caller, exp) = self.verify_signed(token).await?;
+        if let Ok(mut cache) = self.verified.lock() {
+            if cache.len() >= VERIFIED_CACHE {
+                cache.retain(|_, (_, e)| now <= e.saturating_add(LEEWAY_SECS));
+                if cache.len() >= VERIFIED_CACHE {
+                    cache.clear();
+                }
+            }
+            cache.insert(token.to_owned(), (caller.clone(), exp));
+        }
+        Ok(caller)
+    }
+
+    /// Full verification: header, issuer, key, signature, claims.
+    async fn verify_signed(&self, token: &str) -> Result<(Caller, u64), AuthError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| AuthError::invalid(format!("malformed token: {e}")))?;
         if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256) {
@@ -181,9 +211,9 @@ impl Authenticator {
         let data = jsonwebtoken::decode::<claims::Claims>(token, &key, &validation)
             .map_err(|e| AuthError::invalid(claims::describe(&e)))?;
         let principal = claims::principal(&data.claims)?;
-        Ok(Caller::new(
-            principal,
-            carelayer_records::AuditChannel::Rest,
+        Ok((
+            Caller::new(principal, carelayer_records::AuditChannel::Rest),
+            data.claims.exp,
         ))
     }
 }
