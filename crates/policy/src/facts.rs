@@ -450,8 +450,9 @@ pub struct Facts {
     /// The compartment owner, when the resource belongs to a patient (for a
     /// Patient resource: itself). `None` when the request has a patient but
     /// records could not find them: policy then treats the record as
-    /// unrelated to the caller.
-    pub patient: Option<PatientFacts>,
+    /// unrelated to the caller. Shared (records caches it per patient and
+    /// decides on it for every hit of a search).
+    pub patient: Option<std::sync::Arc<PatientFacts>>,
     /// The resource itself (empty for a create before the body is known, or
     /// a type-level search before hits).
     pub resource: ResourceFacts,

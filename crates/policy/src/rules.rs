@@ -136,7 +136,7 @@ fn secondary(request: &Request<'_>, facts: &Facts) -> Option<Decision> {
             Some(decide_secondary_use(
                 purpose,
                 basis,
-                facts.patient.as_ref(),
+                facts.patient.as_deref(),
                 &facts.resource,
                 request.resource_type,
                 facts.now,
@@ -419,7 +419,7 @@ fn relationship(user_id: &str, org: &str, request: &Request<'_>, facts: &Facts) 
     {
         return Some(format!("recording attendance at {org}"));
     }
-    let patient = facts.patient.as_ref()?;
+    let patient = facts.patient.as_deref()?;
     if patient.registered_practice.as_ref().and_then(OrgRef::ods) == Some(org) {
         return Some("registered GP practice".to_owned());
     }

@@ -57,7 +57,7 @@ fn facts(patient: PatientFacts) -> Facts {
     Facts {
         now: NOW,
         relationship_window: 30 * MICROS_PER_DAY,
-        patient: Some(patient),
+        patient: Some(std::sync::Arc::new(patient)),
         resource: ResourceFacts::default(),
     }
 }

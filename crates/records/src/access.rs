@@ -238,7 +238,7 @@ impl Records {
             now: clock::now_micros(),
             relationship_window: i64::try_from(self.options.relationship_window.as_micros())
                 .unwrap_or(i64::MAX),
-            patient: patient.map(|p| (*p).clone()),
+            patient,
             resource,
         };
         let decision = carelayer_policy::decide(&caller.principal, &request, &facts);
@@ -450,7 +450,7 @@ fn deny_everything(id: &str) -> ConsentRule {
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+    memchr::memmem::find(haystack, needle).is_some()
 }
 
 impl Records {
