@@ -1,11 +1,16 @@
 //! Issue 5, reliability, at the server: PostgreSQL goes away while clients
 //! create Patients over HTTP. The server reaches PostgreSQL through a TCP
 //! proxy owned by this test (stopping the shared cluster would break the
-//! other tests), and cutting the proxy closes every connection and refuses
-//! new ones, as a stopped PostgreSQL does. During the outage requests fail
-//! with 503 and an OperationOutcome (never 500, never a hang, no cause
-//! leaked); every create that got 201 is still readable afterwards; and
-//! service resumes by itself once the proxy is back, without a restart.
+//! other tests). Two faults:
+//! - *stopped*: every connection is closed and new ones are refused, as when
+//!   PostgreSQL is stopped or killed;
+//! - *silent*: connections stay open but nothing gets through, as when the
+//!   host or the network hangs (only timeouts can tell).
+//!
+//! Either way, requests fail with 503 and an OperationOutcome (never 500,
+//! never a hang, no cause leaked); every create that got 201 is still
+//! readable afterwards; and service resumes by itself once the proxy is
+//! back, without restarting the server.
 //!
 //! Runs when `CARELAYER_TEST_POSTGRES` is set (`scripts/test` sets it); on
 //! CI (`CI` set) a missing URL fails the test rather than skipping it.
@@ -46,60 +51,67 @@ fn admin_url() -> Option<String> {
     }
 }
 
-/// A TCP proxy to `upstream` that can be cut (every open connection closed,
-/// new ones refused) and restored.
+/// What the proxy does with traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// Nothing: traffic flows.
+    None,
+    /// Close every connection and refuse new ones.
+    Stopped,
+    /// Keep connections (and accept new ones) but pass nothing through.
+    Silent,
+}
+
+/// A TCP proxy to `upstream` that can be faulted and restored.
 struct Proxy {
     port: u16,
-    up: Arc<AtomicBool>,
-    /// Bumped on every cut: connection tasks watch it and close.
-    generation: watch::Sender<u64>,
+    state: watch::Sender<Fault>,
 }
 
 impl Proxy {
     async fn start(upstream: String) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let up = Arc::new(AtomicBool::new(true));
-        let (generation, _) = watch::channel(0_u64);
-        let (up2, gen2) = (Arc::clone(&up), generation.clone());
+        let (state, _) = watch::channel(Fault::None);
+        let states = state.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((mut client, _)) = listener.accept().await else {
                     return;
                 };
-                if !up2.load(Ordering::SeqCst) {
-                    drop(client);
-                    continue;
-                }
+                let mut changes = states.subscribe();
+                let fault = *changes.borrow_and_update();
                 let upstream = upstream.clone();
-                let mut cut = gen2.subscribe();
                 tokio::spawn(async move {
+                    match fault {
+                        Fault::Stopped => return,
+                        // Held open, silent, until the fault changes.
+                        Fault::Silent => {
+                            let _ = changes.changed().await;
+                            return;
+                        }
+                        Fault::None => {}
+                    }
                     let Ok(mut server) = TcpStream::connect(&upstream).await else {
                         return;
                     };
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = cut.changed() => {}
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => return,
+                        _ = changes.changed() => {}
+                    }
+                    if *changes.borrow_and_update() == Fault::Silent {
+                        let _ = changes.changed().await;
                     }
                     // Dropping both sockets closes them: to the server under
                     // test it looks like PostgreSQL went away.
                 });
             }
         });
-        Self {
-            port,
-            up,
-            generation,
-        }
+        Self { port, state }
     }
 
-    fn cut(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        self.generation.send_modify(|g| *g += 1);
-    }
-
-    fn restore(&self) {
-        self.up.store(true, Ordering::SeqCst);
+    fn fault(&self, fault: Fault) {
+        self.state.send_replace(fault);
     }
 }
 
@@ -169,7 +181,25 @@ fn assert_unavailable_outcome(text: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn outage_is_503_loses_nothing_and_recovers_without_restart() {
+async fn stopped_postgres_is_503_loses_nothing_and_recovers_without_restart() {
+    // The server's own defaults (pool, timeouts): what an operator gets.
+    outage(Fault::Stopped, "", Duration::from_secs(3)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn silent_postgres_is_503_within_the_deadline_and_recovers() {
+    // Only timeouts can tell a silent server: a 2 s statement timeout gives
+    // a 9 s deadline per operation (twice it, plus the 5 s connect timeout).
+    outage(
+        Fault::Silent,
+        "?statement_timeout=2s",
+        Duration::from_secs(12),
+    )
+    .await;
+}
+
+/// Writers under `fault` for `length`, then recovery and the checks.
+async fn outage(fault: Fault, url_params: &str, length: Duration) {
     let Some(admin) = admin_url() else {
         return;
     };
@@ -184,9 +214,7 @@ async fn outage_is_503_loses_nothing_and_recovers_without_restart() {
     let proxy = Proxy::start(upstream).await;
     via_proxy.set_host(Some("127.0.0.1")).unwrap();
     via_proxy.set_port(Some(proxy.port)).unwrap();
-    let proxied = via_proxy.to_string();
-    // The server's own defaults (pool, timeouts): the test shows what an
-    // operator gets.
+    let proxied = format!("{via_proxy}{url_params}");
     let s = TestServer::start_with(|c| c.database = proxied).await;
     let base = s.base.clone();
 
@@ -199,9 +227,12 @@ async fn outage_is_503_loses_nothing_and_recovers_without_restart() {
         let (client, base) = (s.client.clone(), base.clone());
         let (stop, next) = (Arc::clone(&stop), Arc::clone(&next));
         workers.push(tokio::spawn(async move {
-            let (mut created, mut unavailable) = (Vec::new(), 0_u32);
+            let (mut created, mut unavailable, mut slowest) = (Vec::new(), 0_u32, Duration::ZERO);
             while !stop.load(Ordering::SeqCst) {
-                match create(&client, &base, next.fetch_add(1, Ordering::Relaxed)).await {
+                let started = Instant::now();
+                let answer = create(&client, &base, next.fetch_add(1, Ordering::Relaxed)).await;
+                slowest = slowest.max(started.elapsed());
+                match answer {
                     Answer::Created(id) => created.push(id),
                     Answer::Unavailable => {
                         unavailable += 1;
@@ -209,14 +240,14 @@ async fn outage_is_503_loses_nothing_and_recovers_without_restart() {
                     }
                 }
             }
-            (created, unavailable)
+            (created, unavailable, slowest)
         }));
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = next.load(Ordering::Relaxed);
     assert!(before > 5, "the writers got going before the outage");
 
-    proxy.cut();
+    proxy.fault(fault);
     let cut_at = Instant::now();
     // A read during the outage is a 503 too.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -231,9 +262,9 @@ async fn outage_is_503_loses_nothing_and_recovers_without_restart() {
     let text = read.text().await.unwrap();
     assert_eq!(status, 503, "a read during the outage: {text}");
     assert_unavailable_outcome(&text);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(length.saturating_sub(cut_at.elapsed())).await;
 
-    proxy.restore();
+    proxy.fault(Fault::None);
     let restored_at = Instant::now();
     // Service resumes by itself: a create succeeds within a bound.
     let mut n = 900_000;
@@ -253,11 +284,12 @@ async fn outage_is_503_loses_nothing_and_recovers_without_restart() {
     let recovered_in = restored_at.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::SeqCst);
-    let (mut created, mut unavailable) = (Vec::new(), 0);
+    let (mut created, mut unavailable, mut slowest) = (Vec::new(), 0, Duration::ZERO);
     for w in workers {
-        let (c, u) = w.await.expect("a writer panicked");
+        let (c, u, t) = w.await.expect("a writer panicked");
         created.extend(c);
         unavailable += u;
+        slowest = slowest.max(t);
     }
     assert!(unavailable > 0, "the outage was seen as 503 by the writers");
 
@@ -275,8 +307,9 @@ async fn outage_is_503_loses_nothing_and_recovers_without_restart() {
         "acknowledged creates not readable: {missing:?}"
     );
     eprintln!(
-        "outage: {} created, {unavailable} answered 503 over a {:?} outage; \
-         first create succeeded {recovered_in:?} after PostgreSQL came back",
+        "{fault:?} outage: {} created, {unavailable} answered 503 over a {:?} outage \
+         (slowest answer {slowest:?}); first create succeeded {recovered_in:?} after \
+         PostgreSQL came back",
         created.len(),
         restored_at - cut_at,
     );
