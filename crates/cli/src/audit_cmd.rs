@@ -168,7 +168,7 @@ async fn open_existing(database: &str) -> anyhow::Result<Records> {
     {
         bail!("no database at {path}");
     }
-    let store = backend::open(database)?;
+    let store = backend::open(database).await?;
     Ok(Records::new(store, RecordsOptions::default()))
 }
 

@@ -9,7 +9,11 @@ use carelayer_store::Store;
 use carelayer_store_sqlite::{SqliteOptions, SqliteStore};
 
 /// Open (creating and migrating as needed) the store a URL names.
-pub fn open(url: &str) -> anyhow::Result<Arc<dyn Store>> {
+///
+/// # Errors
+/// The URL names no backend, or the database cannot be created, reached or
+/// migrated.
+pub async fn open(url: &str) -> anyhow::Result<Arc<dyn Store>> {
     if let Some(path) = url.strip_prefix("sqlite://") {
         let path = PathBuf::from(path);
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -21,7 +25,7 @@ pub fn open(url: &str) -> anyhow::Result<Arc<dyn Store>> {
         return Ok(Arc::new(store));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Ok(Arc::new(open_postgres(url)?));
+        return Ok(Arc::new(open_postgres(url).await?));
     }
     bail!(
         "unrecognised database URL '{}': use sqlite://PATH or postgres://USER@HOST:PORT/DB",
@@ -29,20 +33,14 @@ pub fn open(url: &str) -> anyhow::Result<Arc<dyn Store>> {
     )
 }
 
-/// Connect to PostgreSQL (pool, migrations, writer task). `open` is
-/// synchronous but called from async code, so this blocks the current
-/// worker thread in place (a multi-threaded runtime keeps serving others).
+/// Connect to PostgreSQL (pool, migrations, writer task).
 /// Settings ride in the URL: `?pool_size=N&statement_timeout=MS&max_batch=N`.
-fn open_postgres(url: &str) -> anyhow::Result<carelayer_store_postgres::PostgresStore> {
+async fn open_postgres(url: &str) -> anyhow::Result<carelayer_store_postgres::PostgresStore> {
     use carelayer_store_postgres::{PostgresOptions, PostgresStore};
-    let handle = tokio::runtime::Handle::try_current()
-        .context("the PostgreSQL backend must be opened inside a tokio runtime")?;
-    if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
-        bail!("the PostgreSQL backend needs a multi-threaded tokio runtime");
-    }
     let (clean, options) = PostgresOptions::from_url(url)
         .with_context(|| format!("bad database URL {}", redact(url)))?;
-    tokio::task::block_in_place(|| handle.block_on(PostgresStore::connect(&clean, options)))
+    PostgresStore::connect(&clean, options)
+        .await
         .with_context(|| format!("cannot open the PostgreSQL database {}", redact(url)))
 }
 
@@ -61,7 +59,7 @@ pub async fn migrate(url: &str) -> anyhow::Result<String> {
         return Ok(format!("{}: schema at version {version}", redact(url)));
     }
     // SQLite migrates on open.
-    let store = open(url)?;
+    let store = open(url).await?;
     store.close().await;
     Ok(format!("{}: schema up to date", redact(url)))
 }

@@ -72,7 +72,7 @@ impl RunningServer {
 /// # Errors
 /// The store cannot be opened, or the demo set cannot be loaded.
 pub async fn start(config: ServerConfig, listener: TcpListener) -> anyhow::Result<RunningServer> {
-    let store = backend::open(&config.database)?;
+    let store = backend::open(&config.database).await?;
     let records = Arc::new(Records::new(store, config.records.clone()));
     let addr = listener.local_addr()?;
     let base_url = config

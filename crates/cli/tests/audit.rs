@@ -96,6 +96,12 @@ fn tamper(db: &Path, sql: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn patient_log_shows_exactly_their_accesses_and_verify_catches_tampering() {
+    // This test tampers with the SQLite file itself; the PostgreSQL ledger
+    // is covered by the store contract suite.
+    if common::test_postgres().is_some() {
+        eprintln!("SKIPPED on CARELAYER_TEST_BACKEND=postgres: tampers with the SQLite file");
+        return;
+    }
     let server = TestServer::start().await;
 
     // Two patients with an observation each.

@@ -701,7 +701,12 @@ async fn paging_1000_results_while_writing() {
     let client = s.client.clone();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop2 = stop.clone();
+    // The writer starts once the first page is in: the result set is fixed
+    // by then (a write racing the first request may or may not be in it).
+    let first_page = std::sync::Arc::new(tokio::sync::Notify::new());
+    let first_page2 = first_page.clone();
     let writer = tokio::spawn(async move {
+        first_page2.notified().await;
         let mut n = 0u32;
         while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
             let id = format!("p{:04}", (n * 37) % 1000);
@@ -751,6 +756,7 @@ async fn paging_1000_results_while_writing() {
         }
         url = common::next_link(&r.json);
         pages += 1;
+        first_page.notify_one();
         // make sure the writer gets going before the later pages
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }

@@ -4,14 +4,17 @@
 //! Approach: when the first page of a search shows there is a next page,
 //! the store is asked once more for the *keys* of every match (type, id and
 //! the version that matched; no JSON, `SearchQuery::keys_only`), in result
-//! order, at the same snapshot sequence, up to
+//! order, in one store snapshot, up to
 //! [`crate::RecordsOptions::search_snapshot_max`] keys. The list is kept in
 //! memory under a random token that the `next`/`previous` links carry
-//! (`_page`). Later pages are slices of that list, each resource read at the
-//! version that matched (current versions in one query per type; the few
-//! updated or deleted since are read by version). So a page never shifts,
-//! repeats or skips when other requests create, update or delete matches
-//! meanwhile: the search is answered *as of its first page*.
+//! (`_page`). Every page, the first included, is a slice of that list, each
+//! resource read at the version that matched (current versions in one query
+//! per type; the few updated or deleted since are read by version). So a
+//! page never shifts, repeats or skips when other requests create, update or
+//! delete matches meanwhile: the search is answered *as of its pinning*.
+//! (The keys are not read at the first query's snapshot sequence: index rows
+//! describe current versions only, so a match updated in between would no
+//! longer be found there.)
 //!
 //! A token is bound to the caller that created it, lives
 //! [`TTL`] and at most [`crate::RecordsOptions::search_snapshots`] result

@@ -178,7 +178,7 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<()> {
                 .database
                 .clone()
                 .unwrap_or_else(|| "sqlite://carelayer-data/carelayer.db".to_owned());
-            let store = crate::backend::open(&database)?;
+            let store = crate::backend::open(&database).await?;
             let records = Arc::new(Records::new(store, RecordsOptions::default()));
             (
                 Sink::Records {

@@ -1,7 +1,8 @@
 //! Shared helpers of the integration tests: a real server on port 0 over a
-//! temporary SQLite file, a small FHIR HTTP client, store fingerprints (to
-//! show a refused write changed nothing), the official examples package,
-//! and valid 999-range NHS numbers.
+//! temporary SQLite file (or, with `CARELAYER_TEST_BACKEND=postgres`, a
+//! fresh PostgreSQL database: see [`test_database`]), a small FHIR HTTP
+//! client, store fingerprints (to show a refused write changed nothing), the
+//! official examples package, and valid 999-range NHS numbers.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
@@ -26,6 +27,8 @@ pub struct TestServer {
     pub base: String,
     pub client: reqwest::Client,
     pub dir: tempfile::TempDir,
+    /// The PostgreSQL database of this server, dropped with it.
+    pub pg: Option<TestPgDatabase>,
 }
 
 /// A response, its body parsed as JSON when it is JSON.
@@ -126,14 +129,133 @@ pub fn issue_text(issue: &Value) -> String {
     s.to_lowercase()
 }
 
-/// Server settings for tests: the defaults, on `sqlite://{dir}/db.sqlite`.
+/// Server settings for tests: the defaults, on [`test_database`]`(dir)`,
+/// with the audit signing key in `dir`.
 pub fn test_config(dir: &Path) -> ServerConfig {
+    let mut records = RecordsOptions::default();
+    // A PostgreSQL URL names no folder for the key (for SQLite, `dir` is
+    // where it would go anyway).
+    records.audit.key_dir = Some(dir.to_path_buf());
     ServerConfig {
-        database: format!("sqlite://{}/db.sqlite", dir.display()),
+        database: test_database(dir),
         http: HttpConfig::default(),
-        records: RecordsOptions::default(),
+        records,
         demo: false,
     }
+}
+
+// ---- the backend: SQLite, or PostgreSQL with CARELAYER_TEST_BACKEND ---------
+
+/// The admin URL of the PostgreSQL server the tests run on, when
+/// `CARELAYER_TEST_BACKEND=postgres` (which needs `CARELAYER_TEST_POSTGRES`,
+/// e.g. `postgres://postgres@127.0.0.1:5432/postgres`); `None` for SQLite.
+pub fn test_postgres() -> Option<String> {
+    match std::env::var("CARELAYER_TEST_BACKEND").as_deref() {
+        Err(_) | Ok("" | "sqlite") => None,
+        Ok("postgres") => match std::env::var("CARELAYER_TEST_POSTGRES") {
+            Ok(url) if !url.trim().is_empty() => Some(url),
+            _ => panic!("CARELAYER_TEST_BACKEND=postgres needs CARELAYER_TEST_POSTGRES"),
+        },
+        Ok(other) => panic!("CARELAYER_TEST_BACKEND={other}: expected sqlite or postgres"),
+    }
+}
+
+/// The database URL of a test server: `sqlite://{dir}/db.sqlite`, or on the
+/// PostgreSQL backend a new, uniquely named database (dropped by the
+/// [`TestPgDatabase`] guard its `TestServer` holds).
+/// Tests that need the SQLite file itself skip the PostgreSQL run
+/// explicitly (`audit.rs`) or build their own configuration
+/// (`crash_safety.rs`, `synth_import.rs`).
+pub fn test_database(dir: &Path) -> String {
+    match test_postgres() {
+        Some(admin) => create_pg_database(&admin),
+        None => format!("sqlite://{}/db.sqlite", dir.display()),
+    }
+}
+
+/// Create a new, uniquely named database on the PostgreSQL server `admin`
+/// names, and return its URL (see [`TestPgDatabase`] to drop it).
+pub fn create_pg_database(admin: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = format!("carelayer_http_{}_{n}", std::process::id());
+    pg_admin(
+        admin,
+        &[
+            format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            format!("CREATE DATABASE {name}"),
+        ],
+    )
+    .unwrap_or_else(|e| panic!("cannot create the test database {name}: {e}"));
+    let mut url = url::Url::parse(admin).expect("CARELAYER_TEST_POSTGRES is a URL");
+    url.set_path(&format!("/{name}"));
+    url.to_string()
+}
+
+/// A database [`test_database`] created; dropped (closing any connection
+/// still open to it) when this guard drops, also on panic.
+#[derive(Debug)]
+pub struct TestPgDatabase {
+    admin: String,
+    pub name: String,
+}
+
+impl TestPgDatabase {
+    /// The guard of `database` when it is one [`test_database`] created.
+    pub fn of(database: &str) -> Option<Self> {
+        Self::at(&test_postgres()?, database)
+    }
+
+    /// The guard of `database` when it is one [`create_pg_database`]
+    /// created on the server `admin` names.
+    pub fn at(admin: &str, database: &str) -> Option<Self> {
+        let url = url::Url::parse(database).ok()?;
+        let name = url.path().trim_start_matches('/');
+        name.starts_with("carelayer_http_").then(|| Self {
+            admin: admin.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+}
+
+impl Drop for TestPgDatabase {
+    fn drop(&mut self) {
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        if let Err(e) = pg_admin(&self.admin, &[sql]) {
+            eprintln!("warning: could not drop test database {}: {e}", self.name);
+        }
+    }
+}
+
+/// Run statements (one at a time: `CREATE DATABASE` refuses a transaction
+/// block) on the admin database, from a thread of its own (callers may be
+/// inside a runtime, where blocking on another is not allowed).
+fn pg_admin(admin: &str, statements: &[String]) -> Result<(), String> {
+    let (admin, statements) = (admin.to_owned(), statements.to_vec());
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(async {
+            let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+                .await
+                .map_err(|e| e.to_string())?;
+            let task = tokio::spawn(conn);
+            let mut r = Ok(());
+            for sql in &statements {
+                r = client.batch_execute(sql).await.map_err(|e| e.to_string());
+                if r.is_err() {
+                    break;
+                }
+            }
+            drop(client);
+            let _ = task.await;
+            r
+        })
+    })
+    .join()
+    .map_err(|_| "the admin thread panicked".to_owned())?
 }
 
 impl TestServer {
@@ -145,6 +267,7 @@ impl TestServer {
     pub async fn start_with(adjust: impl FnOnce(&mut ServerConfig)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut config = test_config(dir.path());
+        let pg = TestPgDatabase::of(&config.database);
         adjust(&mut config);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let server = start(config, listener).await.unwrap();
@@ -161,6 +284,7 @@ impl TestServer {
             base,
             client: client_with_token(&operator),
             dir,
+            pg,
         }
     }
 
