@@ -490,11 +490,20 @@ async fn import_operation_and_import_through_a_server() {
         outcome["issue"][0]["diagnostics"],
         "created 0, updated 0, unchanged 3, rejected 5"
     );
-    // JSON bodies are refused with 415.
+    // A JSON body is the asynchronous bulk kick-off, which needs
+    // `Prefer: respond-async` (tests/bulk_import.rs); other media are 415.
     let r = client
         .post(format!("{base}/$import"))
         .header("content-type", "application/fhir+json")
         .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = client
+        .post(format!("{base}/$import"))
+        .header("content-type", "text/csv")
+        .body("a,b")
         .send()
         .await
         .unwrap();
