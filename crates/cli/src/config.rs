@@ -83,6 +83,10 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub import_sources: Vec<String>,
+    /// Patients whose policy facts are cached in this server; 0 when
+    /// several servers share one PostgreSQL database (docs/scale-out.md).
+    #[arg(long, env = "CARELAYER_FACTS_CACHE_ENTRIES", default_value_t = 100_000)]
+    pub facts_cache_entries: usize,
     #[command(flatten)]
     pub auth: crate::token::AuthArgs,
     /// Folder of the audit checkpoint signing key (default: next to the

@@ -27,6 +27,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         },
         records: RecordsOptions {
             max_bundle_entries: args.max_bundle_entries,
+            facts_cache_entries: args.facts_cache_entries,
             audit: AuditOptions {
                 key_dir: args.key_dir.clone(),
                 checkpoint_every: args.audit_checkpoint_every,
