@@ -230,7 +230,7 @@ impl Drop for TestPgDatabase {
 /// Run statements (one at a time: `CREATE DATABASE` refuses a transaction
 /// block) on the admin database, from a thread of its own (callers may be
 /// inside a runtime, where blocking on another is not allowed).
-fn pg_admin(admin: &str, statements: &[String]) -> Result<(), String> {
+pub fn pg_admin(admin: &str, statements: &[String]) -> Result<(), String> {
     let (admin, statements) = (admin.to_owned(), statements.to_vec());
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
