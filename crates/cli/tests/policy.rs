@@ -635,3 +635,96 @@ async fn scopes_confine_what_a_token_may_do() {
         .expect_status(404);
     w.s.stop().await;
 }
+
+/// Every read path treats `Observation/{obs}` of patient `p1` as absent for
+/// `who`: read, vread, history, search by id and by subject, compartment
+/// search, `$everything`, `_revinclude`, `_include` from it, `_has` through
+/// it, and a batch GET.
+async fn withheld_everywhere(who: &common::Caller<'_>, obs: &str) {
+    let absent = who.get("Observation/no-such").await;
+    looks_absent(&who.get(&format!("Observation/{obs}")).await, &absent);
+    looks_absent(
+        &who.get(&format!("Observation/{obs}/_history/1")).await,
+        &absent,
+    );
+    let h = who.get(&format!("Observation/{obs}/_history")).await;
+    assert_eq!(h.status, 404, "history of {obs}: {}", h.text);
+    let me = format!("Observation/{obs}");
+    for q in [
+        format!("Observation?_id={obs}"),
+        "Observation?subject=Patient/p1".to_owned(),
+        "Patient/p1/Observation".to_owned(),
+        "Patient/p1/$everything".to_owned(),
+        "Patient?_id=p1&_revinclude=Observation:subject".to_owned(),
+    ] {
+        let r = who.get(&q).await;
+        if r.status == 200 {
+            assert!(!ids(&r).contains(&me), "{q} shows {me}");
+        }
+    }
+    let inc = who
+        .get(&format!(
+            "Observation?_id={obs}&_include=Observation:subject"
+        ))
+        .await;
+    assert!(
+        ids(&inc).is_empty(),
+        "_include from a withheld {obs}: {}",
+        inc.text
+    );
+    let r = who
+        .post(
+            "",
+            &json!({"resourceType": "Bundle", "type": "batch", "entry": [
+                {"request": {"method": "GET", "url": me}},
+                {"request": {"method": "GET", "url": "Observation/no-such"}}
+            ]}),
+        )
+        .await;
+    r.expect_status(200);
+    assert_eq!(
+        r.json["entry"][0]["response"]["status"], r.json["entry"][1]["response"]["status"],
+        "{}",
+        r.text
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_denial_rule_withholds_on_every_path() {
+    let w = world().await;
+    let s = &w.s;
+    // No legitimate relationship.
+    withheld_everywhere(&s.as_token(&w.trust), "obs1").await;
+    // Role separation: a receptionist at the patient's own practice.
+    withheld_everywhere(&s.as_token(&w.receptionist), "obs1").await;
+    // The patient's Consent denies their practice.
+    let me = s.as_token(&w.patient1);
+    me.post(
+        "Consent",
+        &consent("p1", json!({"type": "deny", "actor": [org_actor(GP)]})),
+    )
+    .await
+    .expect_status(201);
+    withheld_everywhere(&s.as_token(&w.gp), "obs1").await;
+    // A restricted (R) label, for an organisation with a relationship that
+    // did not create the resource.
+    let trust = s.as_token(&w.trust);
+    let mut o = observation("p1", "74");
+    o["id"] = json!("obs-r");
+    o["meta"] = json!({"security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "R"}],
+        "tag": [{"system": CREATOR_TAG, "code": "Y99999"}]});
+    s.put("Observation/obs-r", &o).await.expect_status(201);
+    trust
+        .post(
+            "Encounter",
+            &json!({"resourceType": "Encounter", "status": "in-progress",
+                "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+                "subject": {"reference": "Patient/p1"},
+                "serviceProvider": {"identifier": {"system": ODS, "value": TRUST}}}),
+        )
+        .await
+        .expect_status(201);
+    trust.get("Observation/obs2").await.expect_status(200);
+    withheld_everywhere(&trust, "obs-r").await;
+    w.s.stop().await;
+}
