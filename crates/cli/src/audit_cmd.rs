@@ -92,24 +92,6 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<()> {
     }
 }
 
-/// Where the key lives: `--key-dir`, else the SQLite file's folder.
-///
-/// # Errors
-/// A PostgreSQL URL without `--key-dir`.
-pub fn key_dir(database: &str, explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
-    if let Some(dir) = explicit {
-        return Ok(dir.to_path_buf());
-    }
-    if let Some(path) = database.strip_prefix("sqlite://") {
-        let parent = Path::new(path)
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        return Ok(parent.to_path_buf());
-    }
-    bail!("the audit signing key needs a folder for this database: pass --key-dir DIR")
-}
-
 /// Read the key in `dir`, if there is one.
 ///
 /// # Errors
@@ -177,7 +159,11 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
     for text in &args.public_keys {
         trusted.push(verifying_key_from_text(text).context("--public-key")?);
     }
-    let dir = key_dir(&args.db.database, args.key_dir.as_deref())?;
+    let dir = crate::backend::key_dir(
+        &args.db.database,
+        args.key_dir.as_deref(),
+        "the audit signing key",
+    )?;
     if let Some(key) = load_key(&dir)? {
         trusted.push(key.verifying_key());
     }
@@ -225,7 +211,11 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
 }
 
 async fn checkpoint(args: CheckpointArgs) -> anyhow::Result<()> {
-    let dir = key_dir(&args.db.database, args.key_dir.as_deref())?;
+    let dir = crate::backend::key_dir(
+        &args.db.database,
+        args.key_dir.as_deref(),
+        "the audit signing key",
+    )?;
     let key = load_or_create_key(&dir)?;
     let records = open_existing(&args.db.database).await?;
     let result = async {

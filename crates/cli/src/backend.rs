@@ -1,7 +1,7 @@
 //! Database URL → storage backend. The only place that knows which backends
 //! exist.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
@@ -62,6 +62,29 @@ pub async fn migrate(url: &str) -> anyhow::Result<String> {
     let store = open(url).await?;
     store.close().await;
     Ok(format!("{}: schema up to date", redact(url)))
+}
+
+/// The folder of a database's keys (the audit signing key, the token
+/// issuer key, registered clients): `explicit` (`--key-dir`), else the
+/// SQLite file's folder. `key` names the key for the error.
+///
+/// # Errors
+/// A PostgreSQL (or unknown) URL without `--key-dir`.
+pub fn key_dir(database: &str, explicit: Option<&Path>, key: &str) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = explicit {
+        return Ok(dir.to_owned());
+    }
+    if let Some(path) = database.strip_prefix("sqlite://") {
+        let parent = Path::new(path)
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        return Ok(parent.to_owned());
+    }
+    bail!(
+        "--key-dir is required with {}: {key} needs a folder",
+        redact(database)
+    )
 }
 
 /// A URL fit for messages: any password replaced.

@@ -68,7 +68,8 @@ pub struct ClientListArgs {
 pub fn run(args: &ClientArgs) -> anyhow::Result<()> {
     match &args.command {
         ClientCommand::Add(a) => {
-            let dir = crate::token::key_dir(&a.db.database, a.key_dir.as_deref())?;
+            let dir =
+                crate::backend::key_dir(&a.db.database, a.key_dir.as_deref(), "the clients file")?;
             let jwks = a
                 .jwks
                 .as_ref()
@@ -100,7 +101,8 @@ pub fn run(args: &ClientArgs) -> anyhow::Result<()> {
             Ok(())
         }
         ClientCommand::List(a) => {
-            let dir = crate::token::key_dir(&a.db.database, a.key_dir.as_deref())?;
+            let dir =
+                crate::backend::key_dir(&a.db.database, a.key_dir.as_deref(), "the clients file")?;
             for c in clients::load(&dir.join(CLIENTS_FILE))? {
                 println!(
                     "{}\t{}\t{}",

@@ -83,8 +83,11 @@ pub async fn start(config: ServerConfig, listener: TcpListener) -> anyhow::Resul
     if config.demo {
         crate::demo::load(&records, &base_url).await?;
     }
-    let key_dir =
-        crate::audit_cmd::key_dir(&config.database, config.records.audit.key_dir.as_deref())?;
+    let key_dir = crate::backend::key_dir(
+        &config.database,
+        config.records.audit.key_dir.as_deref(),
+        "the audit signing key",
+    )?;
     let key = crate::audit_cmd::load_or_create_key(&key_dir)?;
     let mut http = config.http.clone();
     let issuer = match &http.auth.builtin {

@@ -84,27 +84,6 @@ pub struct TokenArgs {
     pub audience: String,
 }
 
-/// The key directory for a database URL.
-///
-/// # Errors
-/// A PostgreSQL (or unknown) URL without `--key-dir`.
-pub fn key_dir(database: &str, explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
-    if let Some(dir) = explicit {
-        return Ok(dir.to_owned());
-    }
-    if let Some(path) = database.strip_prefix("sqlite://") {
-        let parent = Path::new(path)
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        return Ok(parent.to_owned());
-    }
-    bail!(
-        "--key-dir is required with {}: the token issuer key needs a folder",
-        crate::backend::redact(database)
-    )
-}
-
 /// The server's authentication settings: the built-in issuer from the key
 /// directory, the registered-clients file, and the flags.
 ///
@@ -116,7 +95,7 @@ pub fn auth_config(
     explicit_key_dir: Option<&Path>,
     args: &AuthArgs,
 ) -> anyhow::Result<AuthConfig> {
-    let dir = key_dir(database, explicit_key_dir)?;
+    let dir = crate::backend::key_dir(database, explicit_key_dir, "the token issuer key")?;
     let issuer = BuiltinIssuer::load_or_create(&dir)?;
     let mut issuers = Vec::new();
     for spec in &args.trusted_issuers {
@@ -193,7 +172,11 @@ pub fn mint(args: &TokenArgs) -> anyhow::Result<String> {
         ),
     };
     let ttl = parse_ttl(&args.ttl)?;
-    let dir = key_dir(&args.db.database, args.key_dir.as_deref())?;
+    let dir = crate::backend::key_dir(
+        &args.db.database,
+        args.key_dir.as_deref(),
+        "the token issuer key",
+    )?;
     let issuer = BuiltinIssuer::load_or_create(&dir)?;
     Ok(issuer.mint(&subject, args.scope.as_deref(), &args.audience, ttl)?)
 }
@@ -210,6 +193,7 @@ pub fn run(args: &TokenArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::key_dir;
 
     #[test]
     fn ttl_forms() {
@@ -226,16 +210,16 @@ mod tests {
     #[test]
     fn key_dir_from_database_url() {
         assert_eq!(
-            key_dir("sqlite://data/x.db", None).ok(),
+            key_dir("sqlite://data/x.db", None, "k").ok(),
             Some(PathBuf::from("data"))
         );
         assert_eq!(
-            key_dir("sqlite://x.db", None).ok(),
+            key_dir("sqlite://x.db", None, "k").ok(),
             Some(PathBuf::from("."))
         );
-        assert!(key_dir("postgres://u@h/db", None).is_err());
+        assert!(key_dir("postgres://u@h/db", None, "k").is_err());
         assert_eq!(
-            key_dir("postgres://u@h/db", Some(Path::new("/k"))).ok(),
+            key_dir("postgres://u@h/db", Some(Path::new("/k")), "k").ok(),
             Some(PathBuf::from("/k"))
         );
     }
