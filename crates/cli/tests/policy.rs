@@ -382,6 +382,15 @@ async fn break_glass_is_permitted_marked_audited_and_alerted() {
     w.s.stop().await;
 }
 
+/// An open outpatient encounter of `patient` at the trust (by ODS code):
+/// attendance that gives the trust a legitimate relationship.
+fn trust_attendance(patient: &str) -> Value {
+    json!({"resourceType": "Encounter", "status": "in-progress",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+        "subject": {"reference": format!("Patient/{patient}")},
+        "serviceProvider": {"identifier": {"system": ODS, "value": TRUST}}})
+}
+
 fn consent(patient: &str, provision: Value) -> Value {
     json!({"resourceType": "Consent", "status": "active",
         "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
@@ -460,13 +469,7 @@ async fn restricted_labels_keep_data_at_its_creating_organisation() {
     let trust = w.s.as_token(&w.trust);
     // The trust gets a relationship by attendance.
     trust
-        .post(
-            "Encounter",
-            &json!({"resourceType": "Encounter", "status": "in-progress",
-                "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
-                "subject": {"reference": "Patient/p1"},
-                "serviceProvider": {"identifier": {"system": ODS, "value": TRUST}}}),
-        )
+        .post("Encounter", &trust_attendance("p1"))
         .await
         .expect_status(201);
     // The GP records an R-labelled observation; the creating organisation
@@ -715,13 +718,7 @@ async fn every_denial_rule_withholds_on_every_path() {
         "tag": [{"system": CREATOR_TAG, "code": "Y99999"}]});
     s.put("Observation/obs-r", &o).await.expect_status(201);
     trust
-        .post(
-            "Encounter",
-            &json!({"resourceType": "Encounter", "status": "in-progress",
-                "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
-                "subject": {"reference": "Patient/p1"},
-                "serviceProvider": {"identifier": {"system": ODS, "value": TRUST}}}),
-        )
+        .post("Encounter", &trust_attendance("p1"))
         .await
         .expect_status(201);
     trust.get("Observation/obs2").await.expect_status(200);

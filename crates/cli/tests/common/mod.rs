@@ -341,6 +341,14 @@ impl TestServer {
         }
     }
 
+    /// Requests as this server's operator (the verbs live on [`Caller`]).
+    fn operator(&self) -> Caller<'_> {
+        Caller {
+            server: self,
+            client: self.client.clone(),
+        }
+    }
+
     pub async fn send(
         &self,
         method: Method,
@@ -348,62 +356,40 @@ impl TestServer {
         headers: &[(&str, &str)],
         body: Option<Vec<u8>>,
     ) -> Resp {
-        send(&self.client, method, &self.url(path), headers, body).await
+        self.operator().send(method, path, headers, body).await
     }
 
     pub async fn get(&self, path: &str) -> Resp {
-        self.send(Method::GET, path, &[], None).await
+        self.operator().get(path).await
     }
 
     pub async fn get_h(&self, path: &str, headers: &[(&str, &str)]) -> Resp {
-        self.send(Method::GET, path, headers, None).await
+        self.operator().get_h(path, headers).await
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> Resp {
-        self.post_h(path, body, &[]).await
+        self.operator().post(path, body).await
     }
 
     pub async fn post_h(&self, path: &str, body: &Value, headers: &[(&str, &str)]) -> Resp {
-        let mut h = vec![("content-type", FHIR_JSON)];
-        h.extend_from_slice(headers);
-        self.send(
-            Method::POST,
-            path,
-            &h,
-            Some(serde_json::to_vec(body).unwrap()),
-        )
-        .await
+        self.operator().post_h(path, body, headers).await
     }
 
     pub async fn put(&self, path: &str, body: &Value) -> Resp {
-        self.put_h(path, body, &[]).await
+        self.operator().put(path, body).await
     }
 
     pub async fn put_h(&self, path: &str, body: &Value, headers: &[(&str, &str)]) -> Resp {
-        let mut h = vec![("content-type", FHIR_JSON)];
-        h.extend_from_slice(headers);
-        self.send(
-            Method::PUT,
-            path,
-            &h,
-            Some(serde_json::to_vec(body).unwrap()),
-        )
-        .await
+        self.operator().put_h(path, body, headers).await
     }
 
     /// A raw body with the FHIR JSON content type.
     pub async fn send_raw(&self, method: Method, path: &str, body: &[u8]) -> Resp {
-        self.send(
-            method,
-            path,
-            &[("content-type", FHIR_JSON)],
-            Some(body.to_vec()),
-        )
-        .await
+        self.operator().send_raw(method, path, body).await
     }
 
     pub async fn delete(&self, path: &str) -> Resp {
-        self.send(Method::DELETE, path, &[], None).await
+        self.operator().delete(path).await
     }
 
     /// Every entry of a Bundle and its `next` pages, following links to
@@ -499,9 +485,20 @@ impl Caller<'_> {
     }
 
     pub async fn put(&self, path: &str, body: &Value) -> Resp {
-        let h = [("content-type", FHIR_JSON)];
+        self.put_h(path, body, &[]).await
+    }
+
+    pub async fn put_h(&self, path: &str, body: &Value, headers: &[(&str, &str)]) -> Resp {
+        let mut h = vec![("content-type", FHIR_JSON)];
+        h.extend_from_slice(headers);
         let body = Some(serde_json::to_vec(body).unwrap());
         self.send(Method::PUT, path, &h, body).await
+    }
+
+    /// A raw body with the FHIR JSON content type.
+    pub async fn send_raw(&self, method: Method, path: &str, body: &[u8]) -> Resp {
+        let h = [("content-type", FHIR_JSON)];
+        self.send(method, path, &h, Some(body.to_vec())).await
     }
 
     pub async fn delete(&self, path: &str) -> Resp {
