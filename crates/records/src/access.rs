@@ -7,7 +7,7 @@
 //!   episodes, care teams, Consents) cost one read and one compartment query
 //!   per patient, with organisation references resolved to ODS codes. They
 //!   are cached until a write touches them: the commit path calls
-//!   [`FactsCache::invalidate`] for every Patient, Encounter, EpisodeOfCare,
+//!   [`FactsCache::forget`] for every Patient, Encounter, EpisodeOfCare,
 //!   CareTeam or Consent it wrote (any Organization write clears the cache,
 //!   as ODS codes may have changed). A generation counter keeps a load that
 //!   raced a write out of the cache, so a Consent withdrawal binds the very
@@ -136,7 +136,7 @@ impl FactsCache {
             return;
         }
         let mut map = lock(&self.patients);
-        // Checked under the lock `invalidate` takes after bumping it.
+        // Checked under the lock `forget` takes after bumping it.
         if self.generation.load(Ordering::Acquire) != generation {
             return;
         }
@@ -146,45 +146,62 @@ impl FactsCache {
         map.insert(patient.to_owned(), facts);
     }
 
-    /// Forget what the committed `writes` may have changed.
-    pub(crate) fn invalidate(&self, writes: &[ResourceWrite]) {
-        // Deletions carry no patient_key: a deleted Encounter's patient is
-        // unknown here, so forget everything.
-        let orgs_changed = writes.iter().any(|w| {
-            w.resource_type == "Organization"
-                || (w.patient_key.is_none() && w.resource_type != "Patient")
-        });
-        let patients: Vec<&str> = writes
-            .iter()
-            .filter(|w| touches_facts(w) && w.resource_type != "Organization")
-            .filter_map(|w| {
-                w.patient_key
-                    .as_deref()
-                    .or((w.resource_type == "Patient").then_some(w.id.as_str()))
-            })
-            .collect();
-        if !orgs_changed && patients.is_empty() {
+    /// Forget what a committed write set made stale (see [`stale_after`]).
+    pub(crate) fn forget(&self, stale: Stale) {
+        if matches!(stale, Stale::Nothing) {
             return;
         }
         self.generation.fetch_add(1, Ordering::AcqRel);
         let mut map = lock(&self.patients);
-        if orgs_changed {
-            map.clear();
-            lock(&self.orgs).clear();
-        } else {
-            for p in patients {
-                map.remove(p);
+        match stale {
+            Stale::Nothing => {}
+            Stale::Patients(patients) => {
+                for p in patients {
+                    map.remove(&p);
+                }
+            }
+            Stale::Everything => {
+                map.clear();
+                lock(&self.orgs).clear();
             }
         }
     }
 }
 
-/// Does committing this write change some patient's facts (or the
-/// organisations they name)?
-pub(crate) fn touches_facts(w: &ResourceWrite) -> bool {
-    w.resource_type == "Patient"
-        || w.resource_type == "Organization"
-        || FACT_TYPES.contains(&w.resource_type.as_str())
+/// What committing a write set makes the facts cache forget.
+pub(crate) enum Stale {
+    Nothing,
+    /// These patients' facts.
+    Patients(Vec<String>),
+    /// Everything: an Organization changed (ODS codes), or a fact-bearing
+    /// resource was deleted (a deletion carries no `patient_key`, so its
+    /// patient is unknown here).
+    Everything,
+}
+
+/// Computed from the planned writes before they go to the store; applied
+/// with [`FactsCache::forget`] once they committed.
+pub(crate) fn stale_after(writes: &[ResourceWrite]) -> Stale {
+    let mut patients = Vec::new();
+    for w in writes {
+        let ty = w.resource_type.as_str();
+        if ty == "Organization" {
+            return Stale::Everything;
+        }
+        if ty != "Patient" && !FACT_TYPES.contains(&ty) {
+            continue;
+        }
+        match (&w.patient_key, ty) {
+            (Some(p), _) => patients.push(p.clone()),
+            (None, "Patient") => patients.push(w.id.clone()),
+            (None, _) => return Stale::Everything,
+        }
+    }
+    if patients.is_empty() {
+        Stale::Nothing
+    } else {
+        Stale::Patients(patients)
+    }
 }
 
 impl Records {

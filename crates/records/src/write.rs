@@ -300,19 +300,10 @@ impl Records {
                 writes.audit = group_audit(std::mem::take(&mut writes.audit), action);
             }
             // What the policy facts cache must forget once this commits.
-            let facts_touched: Vec<ResourceWrite> = writes
-                .resources
-                .iter()
-                .filter(|w| access::touches_facts(w))
-                .map(|w| ResourceWrite {
-                    json: Vec::new(),
-                    index: Vec::new(),
-                    ..w.clone()
-                })
-                .collect();
+            let stale = access::stale_after(&writes.resources);
             match self.store.commit(writes).await {
                 Ok(_) => {
-                    self.facts.invalidate(&facts_touched);
+                    self.facts.forget(stale);
                     return Ok(outcomes);
                 }
                 Err(StoreError::PreconditionFailed(what)) => {
