@@ -12,20 +12,17 @@
 use std::path::Path;
 use std::time::Duration;
 
-use carelayer_audit::{AuditRecord, ChainHead, Checkpoint, LedgerRow};
+use carelayer_audit::{ChainHead, Checkpoint, LedgerRow};
 use carelayer_store::{AuditQuery, RawLedgerRow, StoreError};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
 use crate::error::sql_err;
+use crate::writer::IndexRow;
 
-/// Write the index row of one ledger entry (called by the writer in the same
-/// transaction as the ledger insert).
-pub(crate) fn index_entry(
-    conn: &Connection,
-    seq: i64,
-    record: &AuditRecord,
-) -> Result<(), StoreError> {
+/// Write the index row of one ledger entry (called by the writer, after the
+/// entry itself committed: see "The deferred audit index" in `writer`).
+pub(crate) fn index_entry(conn: &Connection, row: &IndexRow) -> Result<(), StoreError> {
     conn.prepare_cached(
         "INSERT INTO audit_index (seq, recorded_at, patient, agent_user, agent_org, \
          agent_client, action, outcome, break_glass) \
@@ -33,19 +30,30 @@ pub(crate) fn index_entry(
     )
     .and_then(|mut s| {
         s.execute(params![
-            seq,
-            record.recorded_at,
-            record.patient,
-            record.agent.user,
-            record.agent.org,
-            record.agent.client,
-            record.action.as_str(),
-            record.outcome.code(),
-            i64::from(record.is_break_glass()),
+            row.seq,
+            row.recorded_at,
+            row.patient,
+            row.user,
+            row.org,
+            row.client,
+            row.action,
+            row.outcome,
+            i64::from(row.break_glass),
         ])
     })
     .map(|_| ())
     .map_err(sql_err)
+}
+
+/// Derive the index rows of every ledger entry after the last indexed one
+/// from the entries' canonical JSON (at open, after a crash lost the
+/// writer's backlog, or after a failed flush). The same derivation as the
+/// migration that created the index.
+pub(crate) fn index_from_ledger(conn: &Connection) -> Result<(), StoreError> {
+    conn.prepare_cached(crate::schema::INDEX_FROM_LEDGER)
+        .and_then(|mut s| s.execute([]))
+        .map(|_| ())
+        .map_err(sql_err)
 }
 
 fn decode_row(seq: i64, record: &[u8], hash: Vec<u8>) -> Result<LedgerRow, StoreError> {

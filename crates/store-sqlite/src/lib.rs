@@ -8,7 +8,8 @@
 //!   table shapes, with the reasons for them.
 //! - `writer`: the one writer thread; group commit of queued write sets and
 //!   audit appends in one transaction (no per-job savepoints); the in-memory
-//!   audit chain head.
+//!   audit chain head; the deferred audit index (entries' query rows written
+//!   in bulk after the entries commit, flushed before every audit query).
 //! - `read`: the reader connection pool and the read queries.
 //! - `search`: `SearchQuery` → SQL over the index tables (bound parameters only).
 //! - `error`: rusqlite errors → `StoreError`.
@@ -44,7 +45,7 @@ mod search;
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -94,6 +95,10 @@ pub struct SqliteOptions {
     pub readers: usize,
     /// Most jobs folded into one write transaction.
     pub max_batch: usize,
+    /// How long the writer waits for more read-audit appends before
+    /// committing a small batch of them while other requests are in flight
+    /// (zero: never wait). See `writer::GroupCommit`.
+    pub audit_group_window: Duration,
     /// How long a connection waits on a lock held by another process.
     pub busy_timeout: Duration,
     pub synchronous: Synchronous,
@@ -109,6 +114,7 @@ impl Default for SqliteOptions {
         Self {
             readers: cores * 2 + 2,
             max_batch: 512,
+            audit_group_window: Duration::from_micros(500),
             busy_timeout: Duration::from_secs(5),
             synchronous: Synchronous::Full,
             audit_sync: AuditSync::Checkpoint,
@@ -160,6 +166,8 @@ impl SqliteStore {
         schema::migrate(&mut conn)?;
         schema::seed_planner_stats(&mut conn)?;
         let head = writer::load_head(&conn)?;
+        // Index rows a crash kept from the deferred index (see `writer`).
+        audit::index_from_ledger(&conn)?;
         let readers = Arc::new(ReaderPool::new(path.to_path_buf(), options.clone()));
         // Open the readers now so a bad path fails here, not on first read.
         readers.warm()?;
@@ -168,12 +176,26 @@ impl SqliteStore {
         let unsynced = (options.synchronous == Synchronous::Full
             && options.audit_sync == AuditSync::Checkpoint)
             .then(|| Arc::new(AtomicBool::new(false)));
-        let checkpointer = start_checkpointer(path, &options, unsynced.clone())?;
         let max_batch = options.max_batch.max(1);
         let (tx, rx) = tokio::sync::mpsc::channel(max_batch.saturating_mul(4));
+        let index_oldest = Arc::new(AtomicI64::new(0));
+        let checkpointer = start_checkpointer(
+            path,
+            &options,
+            unsynced.clone(),
+            IndexTicker {
+                writer: tx.downgrade(),
+                oldest: index_oldest.clone(),
+            },
+        )?;
+        let backlog = writer::IndexBacklog::new(index_oldest);
+        let group = writer::GroupCommit {
+            max_batch,
+            window: options.audit_group_window,
+        };
         let handle = std::thread::Builder::new()
             .name("carelayer-sqlite-writer".into())
-            .spawn(move || writer::run(conn, rx, head, max_batch, unsynced))
+            .spawn(move || writer::run(conn, rx, head, group, unsynced, backlog))
             .map_err(|e| StoreError::Other(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
             path: path.to_path_buf(),
@@ -267,6 +289,7 @@ fn start_checkpointer(
     path: &Path,
     options: &SqliteOptions,
     unsynced: Option<Arc<AtomicBool>>,
+    ticker: IndexTicker,
 ) -> Result<(mpsc::Sender<()>, JoinHandle<()>), StoreError> {
     let conn = Connection::open_with_flags(path, reader_flags()).map_err(sql_err)?;
     let mut wal = path.as_os_str().to_owned();
@@ -301,6 +324,7 @@ fn start_checkpointer(
                     }
                 }
                 sync_wal();
+                ticker.tick();
                 // (busy, WAL frames, frames checkpointed)
                 let state: Result<(i64, i64, i64), _> =
                     conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
@@ -313,6 +337,29 @@ fn start_checkpointer(
         })
         .map_err(|e| StoreError::Other(format!("cannot start the checkpoint thread: {e}")))?;
     Ok((stop, handle))
+}
+
+/// Asks the writer to flush the deferred audit index once its oldest row
+/// has waited [`writer::INDEX_LAG`] (run on the checkpoint thread's clock).
+struct IndexTicker {
+    /// Weak, so the checkpoint thread does not keep the writer's channel
+    /// open after the store is gone.
+    writer: tokio::sync::mpsc::WeakSender<Job>,
+    oldest: Arc<AtomicI64>,
+}
+
+impl IndexTicker {
+    fn tick(&self) {
+        let oldest = self.oldest.load(Ordering::Acquire);
+        let lag = i64::try_from(writer::INDEX_LAG.as_micros()).unwrap_or(i64::MAX);
+        if oldest != 0
+            && now_micros().saturating_sub(oldest) >= lag
+            && let Some(tx) = self.writer.upgrade()
+        {
+            // A full queue means the writer is busy and will flush on its own.
+            let _ = tx.try_send(Job::IndexTick);
+        }
+    }
 }
 
 /// Flags for reader connections: read/write open (WAL readers need the shm
@@ -374,6 +421,8 @@ impl Store for SqliteStore {
     }
 
     async fn audit_search(&self, query: &AuditQuery) -> Result<Vec<LedgerRow>, StoreError> {
+        // Every entry committed before this search is in the index first.
+        self.submit(Job::IndexBarrier).await?;
         let q = query.clone();
         self.readers.run(move |conn| audit::search(conn, &q)).await
     }

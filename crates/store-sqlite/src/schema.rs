@@ -142,10 +142,31 @@ CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit_ledger
     BEGIN SELECT RAISE(ABORT, 'the audit ledger is append-only'); END;
 ";
 
+/// The query columns of `audit_index` derived from a ledger entry's
+/// canonical JSON (`record`): shared by the migration that created the index
+/// and by [`INDEX_FROM_LEDGER`], so the two derivations cannot drift.
+macro_rules! index_columns_from_ledger {
+    () => {
+        r"SELECT seq,
+       json_extract(CAST(record AS TEXT), '$.recorded_at'),
+       json_extract(CAST(record AS TEXT), '$.patient'),
+       json_extract(CAST(record AS TEXT), '$.agent.user'),
+       json_extract(CAST(record AS TEXT), '$.agent.org'),
+       json_extract(CAST(record AS TEXT), '$.agent.client'),
+       json_extract(CAST(record AS TEXT), '$.action'),
+       json_extract(CAST(record AS TEXT), '$.outcome'),
+       CASE WHEN json_extract(CAST(record AS TEXT), '$.action')
+                 IN ('break-glass-start', 'break-glass-stop')
+              OR substr(json_extract(CAST(record AS TEXT), '$.purpose'), 1, 13) = 'break-glass: '
+            THEN 1 ELSE 0 END
+"
+    };
+}
+
 /// Version 2 (audit ledger queries): `audit_index`, one row per ledger entry
 /// with the columns the patient's access log and the privacy officer filter
-/// on, written by the writer in the same transaction as the entry (see
-/// `audit.rs` for why it is a separate table); and `audit_checkpoints`, the
+/// on, written by the writer after the entry commits (the deferred index: see
+/// `writer`; and `audit.rs` for why it is a separate table); and `audit_checkpoints`, the
 /// signed ledger heads.
 ///
 /// - Partial indexes lead with the filter column and end with `seq`, so "the
@@ -153,7 +174,8 @@ CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit_ledger
 /// - Existing entries are indexed from their canonical JSON (read as TEXT:
 ///   SQLite would take a BLOB argument to the JSON functions for JSONB).
 /// - Both tables are append-only like the ledger.
-const V2_AUDIT: &str = r"
+const V2_AUDIT: &str = concat!(
+    r"
 CREATE TABLE audit_index (
     seq          INTEGER PRIMARY KEY,
     recorded_at  INTEGER NOT NULL,
@@ -173,19 +195,9 @@ CREATE INDEX audit_index_time ON audit_index(recorded_at, seq);
 CREATE INDEX audit_index_break_glass ON audit_index(seq) WHERE break_glass = 1;
 INSERT INTO audit_index
     (seq, recorded_at, patient, agent_user, agent_org, agent_client, action, outcome, break_glass)
-SELECT seq,
-       json_extract(CAST(record AS TEXT), '$.recorded_at'),
-       json_extract(CAST(record AS TEXT), '$.patient'),
-       json_extract(CAST(record AS TEXT), '$.agent.user'),
-       json_extract(CAST(record AS TEXT), '$.agent.org'),
-       json_extract(CAST(record AS TEXT), '$.agent.client'),
-       json_extract(CAST(record AS TEXT), '$.action'),
-       json_extract(CAST(record AS TEXT), '$.outcome'),
-       CASE WHEN json_extract(CAST(record AS TEXT), '$.action')
-                 IN ('break-glass-start', 'break-glass-stop')
-              OR substr(json_extract(CAST(record AS TEXT), '$.purpose'), 1, 13) = 'break-glass: '
-            THEN 1 ELSE 0 END
-FROM audit_ledger;
+",
+    index_columns_from_ledger!(),
+    r"FROM audit_ledger;
 CREATE TRIGGER audit_index_no_update BEFORE UPDATE ON audit_index
     BEGIN SELECT RAISE(ABORT, 'the audit ledger is append-only'); END;
 CREATE TRIGGER audit_index_no_delete BEFORE DELETE ON audit_index
@@ -203,8 +215,18 @@ CREATE TRIGGER audit_checkpoints_no_update BEFORE UPDATE ON audit_checkpoints
     BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END;
 CREATE TRIGGER audit_checkpoints_no_delete BEFORE DELETE ON audit_checkpoints
     BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END;
-";
+"
+);
 
+/// Index every ledger entry after the last indexed one (see
+/// `crate::audit::index_from_ledger`). `seq` is the primary key of both
+/// tables, so this reads only the unindexed tail of the ledger.
+pub(crate) const INDEX_FROM_LEDGER: &str = concat!(
+    "INSERT INTO audit_index \
+     (seq, recorded_at, patient, agent_user, agent_org, agent_client, action, outcome, break_glass) ",
+    index_columns_from_ledger!(),
+    "FROM audit_ledger WHERE seq > (SELECT coalesce(max(seq), 0) FROM audit_index)"
+);
 /// Ordered migrations; index + 1 is the schema version it produces.
 pub(crate) const MIGRATIONS: &[&str] = &[V1, V2_AUDIT];
 

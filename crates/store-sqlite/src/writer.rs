@@ -12,9 +12,25 @@
 //! The audit chain head (last seq and hash) lives here, in memory, loaded at
 //! open: appending needs no read. A rolled-back attempt or a failed COMMIT
 //! restores the batch's starting head.
+//!
+//! # The deferred audit index
+//! A ledger entry commits with the request it describes; its `audit_index`
+//! row (the query columns, a derived view) does not. Why: the index has six
+//! B-trees, the patient one written at a random place per entry, so indexing
+//! in the read's own commit made every read dirty about seven pages and write
+//! them to the WAL, most of the cost of read auditing. Instead committed
+//! entries' rows wait in an [`IndexBacklog`] and are written in bulk (one
+//! transaction per [`INDEX_CHUNK`] rows, or when the oldest has waited
+//! [`INDEX_LAG`]), so a hot leaf page is written once for many entries.
+//! Nothing is lost by waiting: every audit *query* first sends an
+//! [`Job::IndexBarrier`], which flushes everything committed before it, so a
+//! search sees every entry committed before the search began; and at open,
+//! rows missing after a crash are re-derived from the ledger itself
+//! ([`crate::audit::index_from_ledger`]).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Duration;
 
 use carelayer_audit::{AuditRecord, GENESIS_HASH, canonical_bytes, chain_hash_bytes};
 use carelayer_fhir::search::{IndexEntry, IndexValue};
@@ -31,8 +47,126 @@ use crate::search::{Shape, build};
 pub(crate) enum Job {
     Commit(WriteSet, oneshot::Sender<Result<CommitReceipt, StoreError>>),
     Audit(Vec<AuditRecord>, oneshot::Sender<Result<(), StoreError>>),
+    /// Write the index rows of every entry committed before this job, then
+    /// answer (sent before each audit query).
+    IndexBarrier(oneshot::Sender<Result<(), StoreError>>),
+    /// The backlog's oldest row has waited [`INDEX_LAG`]: write it out (sent
+    /// by the checkpoint thread, so an idle store does not keep a backlog).
+    IndexTick,
     /// Finish what is queued before this, then stop.
     Close(oneshot::Sender<()>),
+}
+
+/// Index rows written per deferred-index transaction once this many wait.
+pub(crate) const INDEX_CHUNK: usize = 512;
+
+/// The longest an entry's index row waits when fewer than [`INDEX_CHUNK`]
+/// are queued (the checkpoint thread asks for a flush after this).
+pub(crate) const INDEX_LAG: Duration = Duration::from_millis(200);
+
+/// The query columns of one ledger entry (see `audit_index`).
+pub(crate) struct IndexRow {
+    pub(crate) seq: i64,
+    pub(crate) recorded_at: i64,
+    pub(crate) patient: Option<String>,
+    pub(crate) user: Option<String>,
+    pub(crate) org: Option<String>,
+    pub(crate) client: Option<String>,
+    pub(crate) action: &'static str,
+    pub(crate) outcome: &'static str,
+    pub(crate) break_glass: bool,
+}
+
+impl IndexRow {
+    fn of(seq: i64, record: &AuditRecord) -> Self {
+        Self {
+            seq,
+            recorded_at: record.recorded_at,
+            patient: record.patient.clone(),
+            user: record.agent.user.clone(),
+            org: record.agent.org.clone(),
+            client: record.agent.client.clone(),
+            action: record.action.as_str(),
+            outcome: record.outcome.code(),
+            break_glass: record.is_break_glass(),
+        }
+    }
+}
+
+/// Index rows of committed ledger entries not yet in `audit_index`.
+pub(crate) struct IndexBacklog {
+    rows: Vec<IndexRow>,
+    /// A flush failed and its rows were dropped: the next flush re-derives
+    /// every missing row from the ledger instead.
+    from_ledger: bool,
+    /// When the oldest waiting row was committed (µs since the epoch; 0 when
+    /// none wait), shared with the checkpoint thread.
+    oldest: Arc<AtomicI64>,
+}
+
+impl IndexBacklog {
+    pub(crate) fn new(oldest: Arc<AtomicI64>) -> Self {
+        Self {
+            rows: Vec::new(),
+            from_ledger: false,
+            oldest,
+        }
+    }
+
+    fn push(&mut self, rows: Vec<IndexRow>) {
+        if rows.is_empty() {
+            return;
+        }
+        if self.rows.is_empty() && !self.from_ledger {
+            self.oldest.store(crate::now_micros(), Ordering::Release);
+        }
+        self.rows.extend(rows);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.rows.is_empty() && !self.from_ledger
+    }
+
+    /// Write every waiting row in one transaction. On failure the rows are
+    /// dropped and the next flush re-derives them from the ledger, so a
+    /// failing disk cannot grow the backlog without bound.
+    fn flush(&mut self, conn: &Connection) -> Result<(), StoreError> {
+        if self.is_empty() {
+            return Ok(());
+        }
+        let result = conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(sql_err)
+            .and_then(|()| {
+                if self.from_ledger {
+                    // The waiting rows are in the ledger too; re-derive all.
+                    crate::audit::index_from_ledger(conn)
+                } else {
+                    self.rows
+                        .iter()
+                        .try_for_each(|row| crate::audit::index_entry(conn, row))
+                }
+            })
+            .and_then(|()| conn.execute_batch("COMMIT").map_err(sql_err));
+        if result.is_err() {
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            self.from_ledger = true;
+        } else {
+            self.from_ledger = false;
+        }
+        self.rows.clear();
+        self.oldest.store(
+            if self.from_ledger {
+                crate::now_micros()
+            } else {
+                0
+            },
+            Ordering::Release,
+        );
+        result
+    }
 }
 
 /// The ledger's chain head: last seq and its hash.
@@ -76,24 +210,31 @@ pub(crate) fn run(
     conn: Connection,
     mut rx: Receiver<Job>,
     mut head: Head,
-    max_batch: usize,
+    group: GroupCommit,
     unsynced: Option<Arc<AtomicBool>>,
+    mut backlog: IndexBacklog,
 ) {
-    let mut relaxed = false;
-    let max_batch = max_batch.max(1);
-    let mut batch: Vec<Job> = Vec::with_capacity(max_batch);
+    let mut sync = SyncMode {
+        relaxed: false,
+        unsynced,
+    };
+    let mut batch: Vec<Job> = Vec::with_capacity(group.max_batch);
+    let mut barriers = Vec::new();
+    let mut last_batch = 0;
     loop {
         let Some(first) = rx.blocking_recv() else {
             return;
         };
         batch.push(first);
         let mut closing = None;
-        while batch.len() < max_batch {
+        while batch.len() < group.max_batch {
             match rx.try_recv() {
                 Ok(job) => batch.push(job),
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
+        group.gather(&mut rx, &mut batch, last_batch);
+        last_batch = batch.len();
         // A Close job ends the batch: jobs before it are flushed; none follow
         // it because `close` stops new submissions first.
         if let Some(pos) = batch.iter().position(|j| matches!(j, Job::Close(_))) {
@@ -104,29 +245,119 @@ pub(crate) fn run(
                 }
             }
         }
-        if !batch.is_empty() {
-            let audit_only = batch.iter().all(|j| matches!(j, Job::Audit(..)));
-            let relax = unsynced.is_some() && audit_only;
-            if relax != relaxed {
-                let mode = if relax { "NORMAL" } else { "FULL" };
-                if conn
-                    .execute_batch(&format!("PRAGMA synchronous={mode}"))
-                    .is_ok()
-                {
-                    relaxed = relax;
+        // Barriers and ticks write nothing themselves: answered after the
+        // batch (which holds every job queued before them) and a flush.
+        let mut tick = false;
+        if batch
+            .iter()
+            .any(|j| matches!(j, Job::IndexBarrier(_) | Job::IndexTick))
+        {
+            for job in std::mem::take(&mut batch) {
+                match job {
+                    Job::IndexBarrier(reply) => barriers.push(reply),
+                    Job::IndexTick => tick = true,
+                    other => batch.push(other),
                 }
             }
-            run_batch(&conn, &mut batch, &mut head);
-            if relaxed && let Some(flag) = &unsynced {
-                flag.store(true, Ordering::Release);
-            }
+        }
+        if !batch.is_empty() {
+            let audit_only = batch.iter().all(|j| matches!(j, Job::Audit(..)));
+            sync.set(&conn, audit_only);
+            run_batch(&conn, &mut batch, &mut head, &mut backlog);
+            sync.note_commit();
         }
         batch.clear();
+        let flush_now =
+            tick || !barriers.is_empty() || closing.is_some() || backlog.rows.len() >= INDEX_CHUNK;
+        if flush_now && !backlog.is_empty() {
+            // Derived data: never worth an fsync of its own.
+            sync.set(&conn, true);
+            let flushed = backlog.flush(&conn);
+            sync.note_commit();
+            if let Err(e) = &flushed {
+                tracing::warn!(error = %e, "cannot write the audit index; it will be re-derived from the ledger");
+            }
+            for reply in barriers.drain(..) {
+                let _ = reply.send(flushed.as_ref().map(|_| ()).map_err(clone_err));
+            }
+        }
+        for reply in barriers.drain(..) {
+            let _ = reply.send(Ok(()));
+        }
         if let Some(reply) = closing {
             let _ = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)");
             drop(conn);
             let _ = reply.send(());
             return;
+        }
+    }
+}
+
+/// How the writer gathers a batch.
+pub(crate) struct GroupCommit {
+    /// Most jobs in one transaction.
+    pub(crate) max_batch: usize,
+    /// See [`GroupCommit::gather`]; zero turns the wait off.
+    pub(crate) window: Duration,
+}
+
+/// A batch of read-audit appends smaller than this may wait for company.
+const GROUP_TARGET: usize = 16;
+
+impl GroupCommit {
+    /// Wait once, for `window`, for more jobs when the batch holds only a few
+    /// audit appends and the previous batch had company (so more requests
+    /// are in flight). Why: a read's entry is one small row, but each commit
+    /// writes whole pages to the WAL and wakes this thread; under load,
+    /// committing a handful at a time made read auditing cost a quarter of
+    /// read throughput. A plain sleep, not a timed receive, so the requests
+    /// arriving meanwhile do not each wake the thread. Batches with a write
+    /// set never wait (their fsync already gathers company), and an idle
+    /// server's lone read never waits.
+    fn gather(&self, rx: &mut Receiver<Job>, batch: &mut Vec<Job>, last_batch: usize) {
+        let small_audit_only = batch.len() < GROUP_TARGET.min(self.max_batch)
+            && batch.iter().all(|j| matches!(j, Job::Audit(..)));
+        if self.window.is_zero() || last_batch < 2 || !small_audit_only {
+            return;
+        }
+        std::thread::sleep(self.window);
+        while batch.len() < self.max_batch {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+    }
+}
+
+/// The write connection's `synchronous` setting (see
+/// [`crate::AuditSync::Checkpoint`]): commits holding only audit appends or
+/// index rows run NORMAL (no fsync) and raise `unsynced` for the checkpoint
+/// thread, which fsyncs the WAL; any commit with a write set runs FULL.
+struct SyncMode {
+    relaxed: bool,
+    unsynced: Option<Arc<AtomicBool>>,
+}
+
+impl SyncMode {
+    fn set(&mut self, conn: &Connection, audit_only: bool) {
+        let relax = self.unsynced.is_some() && audit_only;
+        if relax != self.relaxed {
+            let mode = if relax { "NORMAL" } else { "FULL" };
+            if conn
+                .execute_batch(&format!("PRAGMA synchronous={mode}"))
+                .is_ok()
+            {
+                self.relaxed = relax;
+            }
+        }
+    }
+
+    fn note_commit(&self) {
+        if self.relaxed
+            && let Some(flag) = &self.unsynced
+        {
+            flag.store(true, Ordering::Release);
         }
     }
 }
@@ -147,12 +378,17 @@ enum Abort {
 /// before a job writes anything, so a failed precondition needs no rollback.
 /// A job that fails *while writing* (rare: a racing duplicate version, I/O)
 /// rolls back the whole transaction and the batch is retried without it.
-fn run_batch(conn: &Connection, batch: &mut Vec<Job>, head: &mut Head) {
+fn run_batch(conn: &Connection, batch: &mut Vec<Job>, head: &mut Head, backlog: &mut IndexBacklog) {
     let start = *head;
     let mut failed: Vec<Option<StoreError>> = batch.iter().map(|_| None).collect();
     let results = loop {
-        match attempt(conn, batch, &failed, head) {
-            Ok(results) => break results,
+        // The index rows of this attempt's entries; kept only if it commits.
+        let mut staged = Vec::new();
+        match attempt(conn, batch, &failed, head, &mut staged) {
+            Ok(results) => {
+                backlog.push(staged);
+                break results;
+            }
             Err(abort) => {
                 // Nothing of this attempt is durable: undo the in-memory head too.
                 if !conn.is_autocommit() {
@@ -178,10 +414,10 @@ fn run_batch(conn: &Connection, batch: &mut Vec<Job>, head: &mut Head) {
             Job::Commit(_, reply) => {
                 let _ = reply.send(result);
             }
-            Job::Audit(_, reply) => {
+            Job::Audit(_, reply) | Job::IndexBarrier(reply) => {
                 let _ = reply.send(result.map(|_| ()));
             }
-            Job::Close(_) => {}
+            Job::IndexTick | Job::Close(_) => {}
         }
     }
 }
@@ -203,6 +439,7 @@ fn attempt(
     batch: &[Job],
     failed: &[Option<StoreError>],
     head: &mut Head,
+    staged: &mut Vec<IndexRow>,
 ) -> Result<Vec<Result<CommitReceipt, StoreError>>, Abort> {
     conn.execute_batch("BEGIN IMMEDIATE")
         .map_err(|e| Abort::Batch(sql_err(e)))?;
@@ -222,13 +459,13 @@ fn attempt(
                     }
                     Err(e)
                 }
-                Ok(()) => Ok(apply_writes(conn, ws, head).map_err(|e| Abort::Job(i, e))?),
+                Ok(()) => Ok(apply_writes(conn, ws, head, staged).map_err(|e| Abort::Job(i, e))?),
             },
             Job::Audit(records, _) => {
-                append(conn, records, head).map_err(|e| Abort::Job(i, e))?;
+                append(conn, records, head, staged).map_err(|e| Abort::Job(i, e))?;
                 Ok(NO_WRITES)
             }
-            Job::Close(_) => Ok(NO_WRITES),
+            Job::IndexBarrier(_) | Job::IndexTick | Job::Close(_) => Ok(NO_WRITES),
         };
         results.push(result);
     }
@@ -242,6 +479,7 @@ fn apply_writes(
     conn: &Connection,
     ws: &WriteSet,
     head: &mut Head,
+    staged: &mut Vec<IndexRow>,
 ) -> Result<CommitReceipt, StoreError> {
     let mut first_seq = 0;
     for (i, w) in ws.resources.iter().enumerate() {
@@ -250,7 +488,7 @@ fn apply_writes(
             first_seq = seq;
         }
     }
-    append(conn, &ws.audit, head)?;
+    append(conn, &ws.audit, head, staged)?;
     Ok(CommitReceipt { first_seq })
 }
 
@@ -492,8 +730,14 @@ fn insert_value(
     result.map(|_| ()).map_err(sql_err)
 }
 
-/// Chain and insert audit records after the head, advancing it.
-fn append(conn: &Connection, records: &[AuditRecord], head: &mut Head) -> Result<(), StoreError> {
+/// Chain and insert audit records after the head, advancing it; their
+/// index rows are staged for the deferred index (see the module docs).
+fn append(
+    conn: &Connection,
+    records: &[AuditRecord],
+    head: &mut Head,
+    staged: &mut Vec<IndexRow>,
+) -> Result<(), StoreError> {
     if records.is_empty() {
         return Ok(());
     }
@@ -507,8 +751,7 @@ fn append(conn: &Connection, records: &[AuditRecord], head: &mut Head) -> Result
         let seq = head.seq + 1;
         stmt.execute(params![seq, bytes, &hash[..]])
             .map_err(sql_err)?;
-        // The query columns commit with the entry (same transaction).
-        crate::audit::index_entry(conn, seq, record)?;
+        staged.push(IndexRow::of(seq, record));
         *head = Head { seq, hash };
     }
     Ok(())

@@ -396,3 +396,89 @@ async fn hostile_values_are_data() {
     assert_eq!(store.count(Some("Patient")).await.unwrap(), 1);
     store.close().await;
 }
+
+/// The audit index is written after its entries commit (deferred, in bulk).
+/// Rows a crash kept from it are re-derived from the ledger at open, and
+/// the derivation from canonical JSON gives exactly the rows the writer
+/// derives from the records.
+#[tokio::test]
+async fn audit_index_rows_a_crash_lost_are_rederived_from_the_ledger() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    let entry = |n: i64, patient: &str, user: &str, purpose: &str| AuditRecord {
+        recorded_at: 1_000 + n,
+        patient: Some(patient.into()),
+        agent: Agent {
+            user: Some(user.into()),
+            org: Some("Y90001".into()),
+            client: Some("app".into()),
+            role: Some("R8000".into()),
+            display: user.into(),
+        },
+        purpose: purpose.into(),
+        outcome: if n % 3 == 0 {
+            AuditOutcome::Denied("no relationship".into())
+        } else {
+            AuditOutcome::Success
+        },
+        ..audit(&n.to_string())
+    };
+    let entries: Vec<AuditRecord> = (1..=40)
+        .map(|n| {
+            let purpose = if n == 7 {
+                format!("{}collapsed", carelayer_audit::BREAK_GLASS_PURPOSE_PREFIX)
+            } else {
+                "direct-care".to_owned()
+            };
+            entry(n, &format!("p{}", n % 4), &format!("u{}", n % 5), &purpose)
+        })
+        .collect();
+    let store = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
+    store.append_audit(entries).await.unwrap();
+    // A search flushes the backlog first: every entry is found at once.
+    let everyone = carelayer_store::AuditQuery {
+        limit: 1_000,
+        ..carelayer_store::AuditQuery::default()
+    };
+    assert_eq!(store.audit_search(&everyone).await.unwrap().len(), 40);
+    store.close().await;
+
+    let index_rows = |conn: &rusqlite::Connection| -> Vec<Vec<rusqlite::types::Value>> {
+        let mut stmt = conn
+            .prepare("SELECT * FROM audit_index ORDER BY seq")
+            .unwrap();
+        let width = stmt.column_count();
+        stmt.query_map([], |r| (0..width).map(|i| r.get(i)).collect())
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    // Simulate a crash between the entries' commit and their index flush.
+    let written_by_the_writer = {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let rows = index_rows(&conn);
+        conn.execute_batch(
+            "DROP TRIGGER audit_index_no_delete; DELETE FROM audit_index WHERE seq > 25;",
+        )
+        .unwrap();
+        assert_eq!(index_rows(&conn).len(), 25);
+        rows
+    };
+    assert_eq!(written_by_the_writer.len(), 40);
+
+    let store = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
+    let found = store
+        .audit_search(&carelayer_store::AuditQuery {
+            patient: Some("p3".into()),
+            break_glass: Some(true),
+            limit: 10,
+            ..carelayer_store::AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1, "the break-glass entry about p3 (n = 7)");
+    assert_eq!(found[0].seq, 7);
+    store.close().await;
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    assert_eq!(index_rows(&conn), written_by_the_writer);
+}
