@@ -665,6 +665,21 @@ async fn withheld_everywhere(who: &common::Caller<'_>, obs: &str) {
             assert!(!ids(&r).contains(&me), "{q} shows {me}");
         }
     }
+    // `_has` through it: p1 (readable or not) is not found by a link only
+    // the withheld Observation makes, while p1's own visibility is unchanged.
+    let p1_alone = ids(&who.get("Patient?_id=p1").await);
+    for q in [
+        format!("Patient?_has:Observation:subject:_id={obs}"),
+        format!("Patient?_id=p1&_has:Observation:subject:_id={obs},no-such"),
+    ] {
+        let r = who.get(&q).await;
+        r.expect_status(200);
+        assert!(
+            ids(&r).is_empty(),
+            "{q} (p1 alone: {p1_alone:?}): {}",
+            r.text
+        );
+    }
     let inc = who
         .get(&format!(
             "Observation?_id={obs}&_include=Observation:subject"

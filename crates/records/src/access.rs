@@ -567,6 +567,12 @@ impl Records {
         if caller.principal == Principal::LocalOperator || !has_links(clauses) {
             return Ok(hits);
         }
+        if let Some(witnessed) = self.links_visible_together(caller, clauses, &hits).await? {
+            return Ok(hits
+                .into_iter()
+                .filter(|h| witnessed.contains(&(h.resource_type.clone(), h.id.clone())))
+                .collect());
+        }
         let mut out = Vec::with_capacity(hits.len());
         for hit in hits {
             if Box::pin(self.links_visible(caller, clauses, &hit, 0)).await? {
@@ -631,6 +637,209 @@ impl Records {
         }
         Ok(true)
     }
+}
+
+type HitKey = (String, String);
+
+impl Records {
+    /// [`Records::without_hidden_links`] for a whole page in a few queries
+    /// instead of one per hit and link: per link, the witnesses of every hit
+    /// at once, which of them the caller may read, then which hits link to
+    /// a readable one. Returns the hits witnessed for every links-only
+    /// clause, or `None` (the caller checks hit by hit) when a link's inner
+    /// query has links of its own or the witnesses are too many to list.
+    async fn links_visible_together(
+        &self,
+        caller: &Caller,
+        clauses: &[Clause],
+        hits: &[Version],
+    ) -> Result<Option<std::collections::HashSet<HitKey>>, RecordsError> {
+        use std::collections::HashSet;
+        let mut passing: HashSet<HitKey> = hits
+            .iter()
+            .map(|h| (h.resource_type.clone(), h.id.clone()))
+            .collect();
+        for clause in clauses {
+            let links_only = !clause.any_of.is_empty()
+                && clause
+                    .any_of
+                    .iter()
+                    .all(|p| matches!(p, Predicate::Chain { .. } | Predicate::Has { .. }));
+            if !links_only {
+                continue;
+            }
+            let mut witnessed: HashSet<HitKey> = HashSet::new();
+            for predicate in &clause.any_of {
+                let (Predicate::Chain { query, .. } | Predicate::Has { query, .. }) = predicate
+                else {
+                    continue;
+                };
+                if has_links(&query.clauses) {
+                    return Ok(None);
+                }
+                for group in by_type(hits) {
+                    let Some(found) = self.linked_readable(caller, predicate, &group).await? else {
+                        return Ok(None);
+                    };
+                    witnessed.extend(found);
+                }
+            }
+            passing.retain(|h| witnessed.contains(h));
+        }
+        Ok(Some(passing))
+    }
+
+    /// The hits of one type (`group`) that `predicate` links to a resource
+    /// the caller may read; `None` if the witnesses exceed one page.
+    async fn linked_readable(
+        &self,
+        caller: &Caller,
+        predicate: &Predicate,
+        group: &[&Version],
+    ) -> Result<Option<Vec<HitKey>>, RecordsError> {
+        let Some(hit_type) = group.first().map(|h| h.resource_type.clone()) else {
+            return Ok(Some(Vec::new()));
+        };
+        let ids = |ids: Vec<String>| Clause {
+            any_of: ids.into_iter().map(Predicate::Id).collect(),
+        };
+        let of_type = |ty: &str, clause: Clause| {
+            Box::new(SearchQuery {
+                resource_types: vec![ty.to_owned()],
+                clauses: vec![clause],
+                count: group.len().max(1),
+                ..SearchQuery::default()
+            })
+        };
+        let hit_ids = || ids(group.iter().map(|h| h.id.clone()).collect());
+        // Step 1: every witness of any hit in the group.
+        let (witness_type, mut witness_query) = match predicate {
+            Predicate::Chain {
+                param,
+                target_type,
+                query,
+            } => {
+                let mut clauses = query.clauses.clone();
+                clauses.push(Clause {
+                    any_of: vec![Predicate::Has {
+                        source_type: hit_type.clone(),
+                        param: param.clone(),
+                        query: of_type(&hit_type, hit_ids()),
+                    }],
+                });
+                (
+                    target_type.clone(),
+                    SearchQuery {
+                        resource_types: vec![target_type.clone()],
+                        clauses,
+                        ..SearchQuery::default()
+                    },
+                )
+            }
+            Predicate::Has {
+                source_type,
+                param,
+                query,
+            } => {
+                let mut clauses = query.clauses.clone();
+                clauses.push(Clause {
+                    any_of: group
+                        .iter()
+                        .map(|h| Predicate::Index {
+                            param: param.clone(),
+                            test: carelayer_store::IndexTest::Reference {
+                                target_type: Some(hit_type.clone()),
+                                id: h.id.clone(),
+                            },
+                        })
+                        .collect(),
+                });
+                (
+                    source_type.clone(),
+                    SearchQuery {
+                        resource_types: vec![source_type.clone()],
+                        clauses,
+                        ..SearchQuery::default()
+                    },
+                )
+            }
+            _ => return Ok(Some(Vec::new())),
+        };
+        // With bodies: readability depends on the witness's labels.
+        witness_query.count = BATCH_WITNESSES + 1;
+        let found = self.store.search(&witness_query).await?.matches;
+        if found.len() > BATCH_WITNESSES {
+            return Ok(None);
+        }
+        let readable: Vec<String> = self
+            .readable(caller, found.into_iter().map(Version::from).collect())
+            .await?
+            .into_iter()
+            .map(|w| w.id)
+            .collect();
+        if readable.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        // Step 2: the hits that link to a readable witness.
+        let link = match predicate {
+            Predicate::Chain { param, .. } => Clause {
+                any_of: readable
+                    .into_iter()
+                    .map(|id| Predicate::Index {
+                        param: param.clone(),
+                        test: carelayer_store::IndexTest::Reference {
+                            target_type: Some(witness_type.clone()),
+                            id,
+                        },
+                    })
+                    .collect(),
+            },
+            Predicate::Has {
+                source_type, param, ..
+            } => Clause {
+                any_of: vec![Predicate::Has {
+                    source_type: source_type.clone(),
+                    param: param.clone(),
+                    query: of_type(source_type, ids(readable)),
+                }],
+            },
+            _ => return Ok(Some(Vec::new())),
+        };
+        let linked = SearchQuery {
+            resource_types: vec![hit_type.clone()],
+            clauses: vec![hit_ids(), link],
+            count: group.len().max(1),
+            keys_only: true,
+            ..SearchQuery::default()
+        };
+        Ok(Some(
+            self.store
+                .search(&linked)
+                .await?
+                .matches
+                .into_iter()
+                .map(|m| (m.resource_type, m.id))
+                .collect(),
+        ))
+    }
+}
+
+/// Most witnesses listed in one batched check before checking hit by hit.
+const BATCH_WITNESSES: usize = 1_000;
+
+/// Hits grouped by resource type, in first-seen order.
+fn by_type(hits: &[Version]) -> Vec<Vec<&Version>> {
+    let mut groups: Vec<Vec<&Version>> = Vec::new();
+    for hit in hits {
+        match groups.iter_mut().find(|g| {
+            g.first()
+                .is_some_and(|f| f.resource_type == hit.resource_type)
+        }) {
+            Some(g) => g.push(hit),
+            None => groups.push(vec![hit]),
+        }
+    }
+    groups
 }
 
 fn has_links(clauses: &[Clause]) -> bool {
