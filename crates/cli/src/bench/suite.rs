@@ -27,6 +27,9 @@ pub(crate) const SUITE_WORKLOADS: &[&str] = &[
     "read",
     "search-nhs",
     "search-obs",
+    "search-code-date",
+    "search-family",
+    "search-chained",
     "transaction",
     "everything",
 ];
@@ -67,6 +70,8 @@ struct Dataset {
     resources: u64,
     /// (Patient id, NHS number)
     patients: Vec<(String, String)>,
+    /// (family name, birth date) of each Patient, for the trace search.
+    names: Vec<(String, String)>,
     observations: Vec<String>,
 }
 
@@ -180,11 +185,23 @@ fn dataset(args: &SuiteArgs) -> anyhow::Result<Dataset> {
     }
     let m: Value = serde_json::from_slice(&std::fs::read(&manifest)?)?;
     let mut patients = Vec::new();
+    let mut names = Vec::new();
     for line in std::fs::read_to_string(dir.join("Patient.ndjson"))?.lines() {
         let p: Value = serde_json::from_str(line)?;
         if let (Some(id), Some(nhs)) = (p["id"].as_str(), p["identifier"][0]["value"].as_str()) {
             patients.push((id.to_owned(), nhs.to_owned()));
         }
+        if let (Some(family), Some(born)) =
+            (p["name"][0]["family"].as_str(), p["birthDate"].as_str())
+        {
+            names.push((family.to_owned(), born.to_owned()));
+        }
+    }
+    if patients.is_empty() || names.is_empty() {
+        bail!(
+            "{}: no Patients with an NHS number, family name and birth date",
+            dir.display()
+        );
     }
     let mut observations = Vec::new();
     let text = std::fs::read_to_string(dir.join("Observation.ndjson"))?;
@@ -202,6 +219,7 @@ fn dataset(args: &SuiteArgs) -> anyhow::Result<Dataset> {
         dir,
         resources: m["total"].as_u64().unwrap_or(0),
         patients,
+        names,
         observations,
     })
 }
@@ -260,6 +278,7 @@ async fn workloads(
 ) -> Vec<Row> {
     let shared = Arc::new(Shared {
         patients: data.patients.clone(),
+        names: data.names.clone(),
         observations: data.observations.clone(),
         seed: args.seed,
     });
@@ -269,6 +288,9 @@ async fn workloads(
             "read" => Arc::new(Read(Arc::clone(&shared))),
             "search-nhs" => Arc::new(SearchNhs(Arc::clone(&shared))),
             "search-obs" => Arc::new(SearchObs(Arc::clone(&shared))),
+            "search-code-date" => Arc::new(SearchCodeDate(Arc::clone(&shared))),
+            "search-family" => Arc::new(SearchFamily(Arc::clone(&shared))),
+            "search-chained" => Arc::new(SearchChained(Arc::clone(&shared))),
             "transaction" => Arc::new(Transaction(Arc::clone(&shared))),
             _ => Arc::new(Everything(Arc::clone(&shared))),
         };
@@ -396,6 +418,7 @@ fn table(rows: &[Row], args: &SuiteArgs, data: &Dataset) -> String {
 /// What the workloads choose from.
 struct Shared {
     patients: Vec<(String, String)>,
+    names: Vec<(String, String)>,
     observations: Vec<String>,
     seed: u64,
 }
@@ -468,6 +491,67 @@ impl Workload for SearchObs {
         let code = rng.pick(OBS_CODES);
         get(format!(
             "Observation?subject=Patient/{id}&code=http%3A%2F%2Floinc.org%7C{code}"
+        ))
+    }
+}
+
+/// `search-code-date`: one LOINC code across every patient within one
+/// month of the synthetic record (a population query: which patients had a
+/// blood pressure taken in March 2023).
+struct SearchCodeDate(Arc<Shared>);
+
+impl Workload for SearchCodeDate {
+    fn name(&self) -> &'static str {
+        "search-code-date"
+    }
+    fn request(&self, client: usize, i: u64) -> Request {
+        let mut rng = self.0.rng(5, client, i);
+        let code = rng.pick(OBS_CODES);
+        // Months within the last five years of the data set (which ends mid-2025).
+        let month = rng.below(60);
+        let (year, month) = (2020 + month / 12, 1 + month % 12);
+        let (next_year, next_month) = if month == 12 {
+            (year + 1, 1)
+        } else {
+            (year, month + 1)
+        };
+        get(format!(
+            "Observation?code=http%3A%2F%2Floinc.org%7C{code}\
+             &date=ge{year}-{month:02}-01&date=lt{next_year}-{next_month:02}-01"
+        ))
+    }
+}
+
+/// `search-family`: PDS-style trace by family name and birth date.
+struct SearchFamily(Arc<Shared>);
+
+impl Workload for SearchFamily {
+    fn name(&self) -> &'static str {
+        "search-family"
+    }
+    fn request(&self, client: usize, i: u64) -> Request {
+        let mut rng = self.0.rng(6, client, i);
+        let (family, born) = rng.pick(&self.0.names);
+        let family: String = url::form_urlencoded::byte_serialize(family.as_bytes()).collect();
+        get(format!("Patient?family={family}&birthdate={born}"))
+    }
+}
+
+/// `search-chained`: a patient's observations of one code, the patient
+/// named by NHS number through a chain (`subject:Patient.identifier`).
+struct SearchChained(Arc<Shared>);
+
+impl Workload for SearchChained {
+    fn name(&self) -> &'static str {
+        "search-chained"
+    }
+    fn request(&self, client: usize, i: u64) -> Request {
+        let mut rng = self.0.rng(7, client, i);
+        let nhs = &self.0.patient(&mut rng).1;
+        let code = rng.pick(OBS_CODES);
+        get(format!(
+            "Observation?subject:Patient.identifier=https%3A%2F%2Ffhir.nhs.uk%2FId%2Fnhs-number%7C{nhs}\
+             &code=http%3A%2F%2Floinc.org%7C{code}"
         ))
     }
 }
