@@ -227,8 +227,18 @@ pub(crate) const INDEX_FROM_LEDGER: &str = concat!(
     index_columns_from_ledger!(),
     "FROM audit_ledger WHERE seq > (SELECT coalesce(max(seq), 0) FROM audit_index)"
 );
+/// Version 3 (date windows): stored date ranges longer than 32 days
+/// (`crate::search::SHORT_SPAN_MICROS`: periods, year-precision dates)
+/// indexed by their end, so a search for a window (`date=ge…&date=lt…`) can
+/// drive from `idx_date_low` for the short rows and from here for the few
+/// long ones, instead of from an open-ended half of the window. The
+/// condition must stay textually identical to the one `search` writes.
+const V3_DATE_WINDOWS: &str = "
+CREATE INDEX idx_date_long ON idx_date(param, high) WHERE high - low > 2764800000000;
+";
+
 /// Ordered migrations; index + 1 is the schema version it produces.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2_AUDIT];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2_AUDIT, V3_DATE_WINDOWS];
 
 /// The index tables, in the order rows are cleared on update/delete.
 pub(crate) const INDEX_TABLES: &[&str] = &[
@@ -272,6 +282,7 @@ const SEEDED_STATS: &[(&str, &str, &str)] = &[
     ("idx_date", "idx_date_high", "2000000 200000 5"),
     ("idx_date", "idx_date", "2000000 3 1"),
     ("idx_date", "idx_date_grp", "10000 2"),
+    ("idx_date", "idx_date_long", "20000 2000 2"),
     ("idx_number", "idx_number_value", "100000 20000 5"),
     ("idx_number", "idx_number", "100000 2 1"),
     ("idx_number", "idx_number_grp", "10000 2"),

@@ -148,12 +148,22 @@ impl Builder {
         // The most selective clause drives (`rid IN (index lookup)`); the
         // others are probed per candidate row (`EXISTS … WHERE rid = c.rid`),
         // so a broad clause (a common code) is never materialised whole.
-        let driver = q
+        let best = q
             .clauses
             .iter()
             .enumerate()
-            .min_by_key(|(_, cl)| clause_cost(cl))
-            .map(|(i, _)| i);
+            .min_by_key(|(_, cl)| clause_cost(cl));
+        let mut driver = best.map(|(i, _)| i);
+        // Two open-ended date tests on one parameter (`ge` one day, `lt`
+        // another) are each broad, but together a narrow window: that window
+        // drives, and every clause, the date ones included, is probed.
+        if let Some(window) = DateWindow::of(q, self.now_micros)
+            && best.is_none_or(|(_, cl)| window.cost() < clause_cost(cl))
+        {
+            driver = None;
+            self.sql.push(" AND ");
+            self.date_window(&window, c, q);
+        }
         for (i, clause) in q.clauses.iter().enumerate() {
             self.sql.push(" AND ");
             self.clause(clause, c, snapshot, Some(i) != driver)?;
@@ -182,6 +192,52 @@ impl Builder {
         }
         self.sql.push(")");
         Ok(())
+    }
+
+    /// `c.rid IN` the rows of `window.param` that may overlap the window: a
+    /// superset of what the window's date tests match (they are probed
+    /// afterwards). Rows spanning at most [`SHORT_SPAN_MICROS`] and ending
+    /// at or after `from` start no earlier than `from - SHORT_SPAN`, so
+    /// their part is one `idx_date_low` range; longer rows (periods,
+    /// year-precision dates) come from the partial index `idx_date_long`.
+    fn date_window(&mut self, window: &DateWindow, c: &str, q: &SearchQuery) {
+        let (s, l) = (self.alias("w"), self.alias("w"));
+        let _ = write!(
+            self.sql.text,
+            "{c}.rid IN (SELECT {s}.rid FROM idx_date {s} WHERE {s}.param = "
+        );
+        self.sql.bind(window.param.clone());
+        let _ = write!(self.sql.text, " AND {s}.low >= ");
+        self.sql.bind(window.from.saturating_sub(SHORT_SPAN_MICROS));
+        let _ = write!(self.sql.text, " AND {s}.low <= ");
+        self.sql.bind(window.to);
+        let _ = write!(self.sql.text, " AND {s}.high >= ");
+        self.sql.bind(window.from);
+        self.only_types(&s, q);
+        let _ = write!(
+            self.sql.text,
+            " UNION ALL SELECT {l}.rid FROM idx_date {l} WHERE {l}.param = "
+        );
+        self.sql.bind(window.param.clone());
+        // Exactly the partial index's condition, so SQLite may use it.
+        let _ = write!(
+            self.sql.text,
+            " AND {l}.high - {l}.low > {SHORT_SPAN_MICROS} AND {l}.high >= "
+        );
+        self.sql.bind(window.from);
+        let _ = write!(self.sql.text, " AND {l}.low <= ");
+        self.sql.bind(window.to);
+        self.only_types(&l, q);
+        self.sql.push(")");
+    }
+
+    /// `AND x.type = ?` when the search is over one type (index rows of
+    /// other types sharing the parameter name never reach `current`).
+    fn only_types(&mut self, x: &str, q: &SearchQuery) {
+        if let [one] = q.resource_types.as_slice() {
+            let _ = write!(self.sql.text, " AND {x}.type = ");
+            self.sql.bind(one.clone());
+        }
     }
 
     /// One predicate on alias `c`; with `probe` index tests are correlated
@@ -646,6 +702,110 @@ impl Builder {
             self.sql.push(")");
         }
         self.sql.push(")");
+    }
+}
+
+/// Stored date ranges spanning more than this (µs; 32 days: a month-precision
+/// date and anything shorter is "short") are indexed again in
+/// `idx_date_long`, which [`Builder::date_window`] reads for them.
+pub(crate) const SHORT_SPAN_MICROS: i64 = 32 * 24 * 3600 * 1_000_000;
+
+/// A closed window `[from, to]` that every row matching the query's date
+/// tests on `param` overlaps: each test implies `high >= from` or
+/// `low <= to` (see the module docs for the tests), and ANDed clauses
+/// narrow the window.
+#[derive(Debug, Clone, PartialEq)]
+struct DateWindow {
+    param: String,
+    from: i64,
+    to: i64,
+}
+
+impl DateWindow {
+    /// The narrowest closed window the query's single-test date clauses
+    /// give, if any parameter has both ends.
+    fn of(q: &SearchQuery, now: i64) -> Option<Self> {
+        let mut bounds: Vec<(&str, Option<i64>, Option<i64>)> = Vec::new();
+        for clause in &q.clauses {
+            let [
+                Predicate::Index {
+                    param,
+                    test: IndexTest::Date { prefix, low, high },
+                },
+            ] = clause.any_of.as_slice()
+            else {
+                continue;
+            };
+            let (from, to) = implied_window(*prefix, *low, *high, now);
+            match bounds.iter_mut().find(|(p, _, _)| *p == param.as_str()) {
+                Some((_, f, t)) => {
+                    *f = max_opt(*f, from);
+                    *t = min_opt(*t, to);
+                }
+                None => bounds.push((param, from, to)),
+            }
+        }
+        bounds
+            .into_iter()
+            .filter_map(|(param, from, to)| {
+                Some(Self {
+                    param: param.to_owned(),
+                    from: from?,
+                    to: to?,
+                })
+            })
+            .min_by_key(|w| w.to.saturating_sub(w.from))
+    }
+
+    /// Comparable with [`clause_cost`]: up to about a quarter of a year is
+    /// narrower than a shared code; wider is still better than one
+    /// open-ended date test.
+    fn cost(&self) -> u8 {
+        const QUARTER: i64 = 92 * 24 * 3600 * 1_000_000;
+        if self.to.saturating_sub(self.from) <= QUARTER {
+            3
+        } else {
+            6
+        }
+    }
+}
+
+/// What one date test implies about a matching row `[L, H]`: `H >= from`
+/// and/or `L <= to` (`None`: no bound on that side).
+fn implied_window(prefix: Prefix, l: i64, h: i64, now: i64) -> (Option<i64>, Option<i64>) {
+    match prefix {
+        // L >= l ∧ H <= h, and L <= H.
+        Prefix::Eq => (Some(l), Some(h)),
+        Prefix::Ne => (None, None),
+        // H > h; H > h ∨ (L >= l ∧ H <= h) ⇒ H >= l; L > h ⇒ H >= h.
+        Prefix::Gt | Prefix::Sa => (Some(h), None),
+        Prefix::Ge => (Some(l), None),
+        // L < l; L < l ∨ (L >= l ∧ H <= h) ⇒ L <= h; H < l ⇒ L <= l.
+        Prefix::Lt | Prefix::Eb => (None, Some(l)),
+        Prefix::Le => (None, Some(h)),
+        // The same widening as the `ap` test itself.
+        Prefix::Ap => {
+            let dist = now
+                .saturating_sub(l)
+                .unsigned_abs()
+                .max(now.saturating_sub(h).unsigned_abs());
+            let delta = i64::try_from(dist / 10).unwrap_or(i64::MAX);
+            (Some(l.saturating_sub(delta)), Some(h.saturating_add(delta)))
+        }
+    }
+}
+
+fn max_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.max(y)),
+        (x, None) | (None, x) => x,
+    }
+}
+
+fn min_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, None) | (None, x) => x,
     }
 }
 

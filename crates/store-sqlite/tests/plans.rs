@@ -317,6 +317,17 @@ async fn representative_searches_use_indexes() {
             ),
         ),
         (
+            "code+date window: Observation?code=…&date=ge…&date=lt…",
+            q(
+                &["Observation"],
+                vec![
+                    vec![code()],
+                    vec![idx("date", date(Prefix::Ge, 1_000, 1_999))],
+                    vec![idx("date", date(Prefix::Lt, 5_000, 5_999))],
+                ],
+            ),
+        ),
+        (
             "sorted by date",
             SearchQuery {
                 sort: vec![SortKey::Param {
@@ -345,10 +356,24 @@ async fn representative_searches_use_indexes() {
         ("code+reference (other order)", 0),
         ("chained + code: Observation?subject.identifier=…&code=…", 1),
         ("compartment: Patient/p1/Observation?code=…", 0),
+        // The window drives (short rows by start, long ones by end).
+        ("code+date window: Observation?code=…&date=ge…&date=lt…", 0),
     ] {
         let (_, query) = cases.iter().find(|(w, _)| *w == what).unwrap();
         let plan = store.explain(query).await.unwrap();
         assert_token_probed(what, &plan, drivers);
+    }
+    let (_, window) = cases
+        .iter()
+        .find(|(w, _)| w.starts_with("code+date window"))
+        .unwrap();
+    let plan = store.explain(window).await.unwrap();
+    for index in ["idx_date_low", "idx_date_long"] {
+        assert!(
+            plan.iter().any(|l| l.contains(index)),
+            "the date window does not drive from {index}:\n{}",
+            plan.join("\n")
+        );
     }
     store.close().await;
 }

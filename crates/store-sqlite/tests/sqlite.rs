@@ -482,3 +482,119 @@ async fn audit_index_rows_a_crash_lost_are_rederived_from_the_ledger() {
     let conn = rusqlite::Connection::open(&path).unwrap();
     assert_eq!(index_rows(&conn), written_by_the_writer);
 }
+
+/// A closed date window (`date=ge…&date=lt…`) drives from `idx_date_low`
+/// and the long-range index instead of an open-ended half. Oracle: for
+/// every pair of a lower and an upper test, the windowed search finds
+/// exactly the intersection of the two single-test searches (which take
+/// the plain path), over points, days, months, a long period straddling
+/// the window and open-ended periods.
+#[tokio::test]
+async fn date_windows_match_the_intersection_of_their_halves() {
+    const DAY: i64 = 24 * 3600 * 1_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let w0 = 1_000 * DAY; // window start
+    let w1 = w0 + 30 * DAY; // window end
+    let rows: Vec<(&str, i64, i64)> = vec![
+        ("point-in", w0 + 5 * DAY, w0 + 5 * DAY),
+        ("point-before", w0 - 3 * DAY, w0 - 3 * DAY),
+        ("point-after", w1 + 3 * DAY, w1 + 3 * DAY),
+        ("day-at-start", w0, w0 + DAY - 1),
+        ("day-straddling-start", w0 - DAY / 2, w0 + DAY / 2),
+        ("week-straddling-start", w0 - 3 * DAY, w0 + 4 * DAY),
+        ("month-straddling-end", w1 - 10 * DAY, w1 + 20 * DAY),
+        ("year-around", w0 - 200 * DAY, w0 + 165 * DAY),
+        ("long-before", w0 - 400 * DAY, w0 - 100 * DAY),
+        ("long-after", w1 + 100 * DAY, w1 + 400 * DAY),
+        ("open-start", i64::MIN, w0 + DAY),
+        ("open-end", w1 - DAY, i64::MAX),
+        ("open-end-late", w1 + 50 * DAY, i64::MAX),
+    ];
+    let resources = rows
+        .iter()
+        .map(|(id, low, high)| ResourceWrite {
+            resource_type: "Observation".into(),
+            id: (*id).into(),
+            version: 1,
+            last_updated: 1,
+            deleted: false,
+            json: b"{}".to_vec(),
+            patient_key: None,
+            index: vec![IndexEntry {
+                param: "date".into(),
+                value: IndexValue::Date {
+                    low: *low,
+                    high: *high,
+                },
+            }],
+        })
+        .collect();
+    store
+        .commit(WriteSet {
+            resources,
+            ..WriteSet::default()
+        })
+        .await
+        .unwrap();
+    let ids = |q: SearchQuery| {
+        let store = &store;
+        async move {
+            let mut ids: Vec<String> = store
+                .search(&SearchQuery { count: 100, ..q })
+                .await
+                .unwrap()
+                .matches
+                .into_iter()
+                .map(|m| m.id)
+                .collect();
+            ids.sort();
+            ids
+        }
+    };
+    let test = |prefix, low, high| index("date", IndexTest::Date { prefix, low, high });
+    // Search values: a day at each end of the window, and the window's month.
+    let lower = [
+        (Prefix::Ge, w0, w0 + DAY - 1),
+        (Prefix::Gt, w0, w0 + DAY - 1),
+        (Prefix::Sa, w0, w0 + DAY - 1),
+        (Prefix::Eq, w0, w1),
+        (Prefix::Ap, w0, w0 + DAY - 1),
+    ];
+    let upper = [
+        (Prefix::Lt, w1, w1 + DAY - 1),
+        (Prefix::Le, w1, w1 + DAY - 1),
+        (Prefix::Eb, w1, w1 + DAY - 1),
+        (Prefix::Eq, w0 - 5 * DAY, w1 + 5 * DAY),
+    ];
+    let mut nonempty = 0;
+    for (lp, ll, lh) in lower {
+        for (up, ul, uh) in upper {
+            let both = SearchQuery {
+                clauses: vec![
+                    Clause {
+                        any_of: vec![test(lp, ll, lh)],
+                    },
+                    Clause {
+                        any_of: vec![test(up, ul, uh)],
+                    },
+                ],
+                ..one(&["Observation"], test(lp, ll, lh))
+            };
+            let plan = store.explain(&both).await.unwrap();
+            assert!(
+                plan.iter().any(|l| l.contains("idx_date_low"))
+                    && plan.iter().any(|l| l.contains("idx_date_long")),
+                "{lp:?}+{up:?}: the window does not drive:\n{}",
+                plan.join("\n")
+            );
+            let a = ids(one(&["Observation"], test(lp, ll, lh))).await;
+            let b = ids(one(&["Observation"], test(up, ul, uh))).await;
+            let expected: Vec<String> = a.iter().filter(|id| b.contains(id)).cloned().collect();
+            nonempty += usize::from(!expected.is_empty());
+            assert_eq!(ids(both).await, expected, "{lp:?} {ll} + {up:?} {uh}");
+        }
+    }
+    assert!(nonempty >= 10, "the cases must find something");
+    store.close().await;
+}
