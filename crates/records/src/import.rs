@@ -4,9 +4,10 @@
 //! ordinary write planner (so they are stamped, indexed and compartment-
 //! keyed like any write) and audited as one `import` event per patient.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use carelayer_audit::AuditAction;
+use carelayer_store::StoredResource;
 use serde_json::Value;
 
 use crate::prepare::{self, is_valid_id};
@@ -111,8 +112,27 @@ impl Records {
         let mut entries = Vec::with_capacity(resources.len());
         let mut positions = Vec::with_capacity(resources.len());
         let mut seen: HashSet<(String, String)> = HashSet::with_capacity(resources.len());
+        // Stored versions to compare with, read together (one round trip).
+        let stored: HashMap<(String, String), StoredResource> = if options.skip_unchanged {
+            let keys: Vec<(String, String)> = resources
+                .iter()
+                .filter_map(|r| match (r.get("resourceType"), r.get("id")) {
+                    (Some(Value::String(t)), Some(Value::String(id))) if is_valid_id(id) => {
+                        Some((t.clone(), id.clone()))
+                    }
+                    _ => None,
+                })
+                .collect();
+            let found = self.store.read_current_many(&keys).await?;
+            keys.into_iter()
+                .zip(found)
+                .filter_map(|(k, v)| v.map(|v| (k, v)))
+                .collect()
+        } else {
+            HashMap::new()
+        };
         for (index, resource) in resources.into_iter().enumerate() {
-            match self.import_entry(resource, &mut seen, options).await {
+            match self.import_entry(resource, &mut seen, &stored) {
                 Ok(Some(entry)) => {
                     entries.push(entry);
                     positions.push(index);
@@ -192,11 +212,11 @@ impl Records {
     }
 
     /// Check one resource; `Ok(None)` when it is unchanged and skipped.
-    async fn import_entry(
+    fn import_entry(
         &self,
         resource: Value,
         seen: &mut HashSet<(String, String)>,
-        options: ImportOptions,
+        stored: &HashMap<(String, String), StoredResource>,
     ) -> Result<Option<WriteEntry>, (Option<String>, String)> {
         let ty = match resource.get("resourceType") {
             Some(Value::String(t)) => t.clone(),
@@ -227,8 +247,7 @@ impl Records {
                     "{ty}/{id} appears more than once in this import batch; only its first occurrence is imported"
                 )));
             }
-            if options.skip_unchanged
-                && let Ok(Some(current)) = self.store.read_current(&ty, id).await
+            if let Some(current) = stored.get(&(ty.clone(), id.clone()))
                 && !current.deleted
                 && same_content(&current.json, &resource)
             {

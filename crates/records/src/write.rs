@@ -21,6 +21,9 @@ use crate::access::{self, Body, Subject, redact};
 use crate::prepare::{self, check_type, deletion, is_valid_id, new_id, stamp};
 use crate::{Caller, Records, RecordsError, Version, clock, purpose_of};
 
+/// The current version of each `(type, id)` a plan targets, read together.
+type Currents = HashMap<(String, String), Option<StoredResource>>;
+
 /// What a write did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteStatus {
@@ -357,6 +360,23 @@ impl Records {
             resolved[i] = Some(r);
         }
 
+        // The current version of every target, read together: one round
+        // trip for a 500-entry import instead of one per entry.
+        let keys: Vec<(String, String)> = order
+            .iter()
+            .filter_map(|&i| match &resolved[i] {
+                Some(Resolved::Target(id) | Resolved::Existing(id)) => {
+                    Some((entries[i].resource_type.clone(), id.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        let currents: Currents = keys
+            .iter()
+            .cloned()
+            .zip(self.store.read_current_many(&keys).await?)
+            .collect();
+
         // Phase 2: build the versions.
         let mut outcomes: Vec<Option<WriteOutcome>> = vec![None; entries.len()];
         for &i in &order {
@@ -369,6 +389,7 @@ impl Records {
                     caller,
                     entry,
                     target,
+                    &currents,
                     &full_urls,
                     resolve_references,
                     now,
@@ -380,6 +401,20 @@ impl Records {
         }
         let outcomes = outcomes.into_iter().flatten().collect::<Vec<_>>();
         Ok((writes, outcomes))
+    }
+
+    /// The current version of `ty/id` as read for this plan (asking the
+    /// store only for a target the plan did not list).
+    async fn current_of(
+        &self,
+        currents: &Currents,
+        ty: &str,
+        id: &str,
+    ) -> Result<Option<StoredResource>, RecordsError> {
+        match currents.get(&(ty.to_owned(), id.to_owned())) {
+            Some(found) => Ok(found.clone()),
+            None => Ok(self.store.read_current(ty, id).await?),
+        }
     }
 
     async fn resolve_target(
@@ -482,6 +517,7 @@ impl Records {
         caller: &Caller,
         entry: &WriteEntry,
         target: Resolved,
+        currents: &Currents,
         full_urls: &HashMap<String, String>,
         resolve_references: bool,
         now: i64,
@@ -518,7 +554,7 @@ impl Records {
                 });
             }
             Resolved::Existing(id) => {
-                let current = self.store.read_current(ty, &id).await?;
+                let current = self.current_of(currents, ty, &id).await?;
                 writes.preconditions.push(Precondition::CurrentVersion {
                     resource_type: ty.to_owned(),
                     id: id.clone(),
@@ -543,7 +579,7 @@ impl Records {
             }
             Resolved::Target(id) => id,
         };
-        let current = self.store.read_current(ty, &id).await?;
+        let current = self.current_of(currents, ty, &id).await?;
         if let Some(wanted) = entry.if_match {
             let have = current.as_ref().filter(|c| !c.deleted).map(|c| c.version);
             if have != Some(wanted) {

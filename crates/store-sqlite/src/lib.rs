@@ -381,6 +381,16 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn read_current_many(
+        &self,
+        keys: &[(String, String)],
+    ) -> Result<Vec<Option<StoredResource>>, StoreError> {
+        let keys = keys.to_vec();
+        self.readers
+            .run(move |conn| read::current_many(conn, &keys))
+            .await
+    }
+
     async fn read_version(
         &self,
         resource_type: &str,

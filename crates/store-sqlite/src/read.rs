@@ -134,6 +134,20 @@ pub(crate) fn current(
     .map_err(sql_err)
 }
 
+/// [`current`] for many keys, in one read transaction (one snapshot).
+pub(crate) fn current_many(
+    conn: &mut Connection,
+    keys: &[(String, String)],
+) -> Result<Vec<Option<StoredResource>>, StoreError> {
+    let tx = conn.transaction().map_err(sql_err)?;
+    let found = keys
+        .iter()
+        .map(|(t, id)| current(&tx, t, id))
+        .collect::<Result<Vec<_>, _>>()?;
+    tx.commit().map_err(sql_err)?;
+    Ok(found)
+}
+
 pub(crate) fn version(
     conn: &Connection,
     t: &str,

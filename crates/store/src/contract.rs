@@ -387,6 +387,35 @@ pub async fn versions_and_vread(store: &dyn Store) {
     let a = store.read_current("Patient", "a").await.unwrap().unwrap();
     let b = store.read_current("Patient", "b").await.unwrap().unwrap();
     assert_eq!(receipt.first_seq, a.seq);
+    // Many at once: in the order asked, absent ones as None, the same
+    // versions as one by one.
+    let keys: Vec<(String, String)> = [
+        ("Patient", "b"),
+        ("Patient", "nope"),
+        ("Observation", "a"),
+        ("Patient", "p1"),
+        ("Patient", "a"),
+    ]
+    .iter()
+    .map(|(t, id)| ((*t).to_owned(), (*id).to_owned()))
+    .collect();
+    let many = store.read_current_many(&keys).await.unwrap();
+    let summary: Vec<Option<(String, i64, i64)>> = many
+        .iter()
+        .map(|r| r.as_ref().map(|r| (r.id.clone(), r.version, r.seq)))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            Some(("b".to_owned(), 1, b.seq)),
+            None,
+            None,
+            Some(("p1".to_owned(), 3, s3)),
+            Some(("a".to_owned(), 1, a.seq)),
+        ]
+    );
+    assert_eq!(many[4].as_ref().map(|r| &r.json), Some(&a.json));
+    assert!(store.read_current_many(&[]).await.unwrap().is_empty());
     assert!(b.seq > a.seq);
     // Writing an existing version again is a conflict, and changes nothing.
     let again = store

@@ -45,6 +45,24 @@ pub trait Store: Send + Sync + 'static {
         id: &str,
     ) -> Result<Option<StoredResource>, StoreError>;
 
+    /// The current versions of many resources, in the order of `keys`
+    /// (`(type, id)`), as [`Store::read_current`] would return each. For
+    /// planners touching many resources (a 500-resource import batch), so a
+    /// backend can answer in one round trip; the default asks one by one.
+    ///
+    /// # Errors
+    /// As [`Store::read_current`].
+    async fn read_current_many(
+        &self,
+        keys: &[(String, String)],
+    ) -> Result<Vec<Option<StoredResource>>, StoreError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for (resource_type, id) in keys {
+            out.push(self.read_current(resource_type, id).await?);
+        }
+        Ok(out)
+    }
+
     /// One specific version of a resource (deleted versions included).
     ///
     /// # Errors
