@@ -45,6 +45,16 @@ pub struct MigrateArgs {
 pub struct DatabaseArgs {
     /// `sqlite://PATH` (embedded, the default: ./carelayer-data/carelayer.db)
     /// or `postgres://USER@HOST:PORT/DB`.
+    ///
+    /// PostgreSQL settings ride in the URL's query string:
+    /// `pool_size=N` (read connections; default 4 per CPU, the writer has
+    /// two more), `statement_timeout=5s` (the server cancels a statement
+    /// after this; default 5 s), `connect_timeout=3s` (waiting for a pooled
+    /// or new connection; default 3 s), `max_batch=N` (writes per group
+    /// commit; default 256). No request waits on PostgreSQL for longer than
+    /// twice the statement timeout plus the connect timeout (13 s by
+    /// default): after that it is answered 503 with `Retry-After`, also
+    /// when PostgreSQL hangs without closing its connections.
     #[arg(
         long,
         env = "CARELAYER_DATABASE",

@@ -15,7 +15,7 @@
 //! | body or Bundle over the limit           | 413    | too-costly        |
 //! | body not JSON (`Content-Type`)          | 415    | not-supported     |
 //! | feature not implemented                 | 501    | not-supported     |
-//! | store unavailable                       | 503    | transient         |
+//! | store unavailable (+ `Retry-After: 5`)  | 503    | transient         |
 //! | anything else                           | 500    | exception         |
 //!
 //! Error types by layer: `StoreError` (store) → `RecordsError` (records) →
@@ -86,5 +86,33 @@ pub(crate) fn outcome_response(status: StatusCode, issues: &[Issue]) -> Response
         header::CONTENT_TYPE,
         HeaderValue::from_static(crate::response::FHIR_JSON),
     );
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        // The store is down or not answering: tell clients when to try
+        // again rather than have them retry at once, all together.
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_static(RETRY_AFTER_SECONDS),
+        );
+    }
     response
+}
+
+/// `Retry-After` of a 503: a failover or restart of the store takes
+/// seconds, and the store's own deadlines answer within about 13 s.
+pub(crate) const RETRY_AFTER_SECONDS: &str = "5";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_503_carries_retry_after() {
+        let unavailable = outcome_response(StatusCode::SERVICE_UNAVAILABLE, &[]);
+        assert_eq!(
+            unavailable.headers().get(header::RETRY_AFTER),
+            Some(&HeaderValue::from_static(RETRY_AFTER_SECONDS))
+        );
+        let failed = outcome_response(StatusCode::INTERNAL_SERVER_ERROR, &[]);
+        assert!(failed.headers().get(header::RETRY_AFTER).is_none());
+    }
 }

@@ -11,8 +11,9 @@
 //! - `writer`: the one writer task; group commit of queued write sets and
 //!   audit appends in one transaction with a savepoint per job; the
 //!   `commit_head` row that serialises commits and carries the audit chain.
-//! - `read`: point reads, history, count, audit rows, and search in one
-//!   REPEATABLE READ transaction.
+//! - `read`: point reads, history, count, audit rows, and search: each one
+//!   statement, one round trip (a search's snapshot, total, page and
+//!   bodies come from a single statement, so it needs no transaction).
 //! - `search`: `SearchQuery` → SQL over the index tables (bound parameters only).
 //! - `error`: driver/pool errors → `StoreError`.
 //!
@@ -64,16 +65,42 @@ use crate::writer::Job;
 pub struct PostgresOptions {
     /// Connections for reads (the writer has its own two).
     pub pool_size: usize,
-    /// Server-side `statement_timeout` for every statement. The client-side
-    /// deadline of an operation is twice this (plus connecting), so the
-    /// server normally cancels first and reports why.
+    /// Server-side `statement_timeout` for every statement (default 5 s:
+    /// every request-path statement is an index lookup or a bounded write
+    /// taking milliseconds; migrations lift it). The client-side deadline
+    /// of an operation is twice this plus the connect timeout (13 s by
+    /// default), so the server normally cancels first and reports why, and
+    /// a PostgreSQL that hangs holds no request longer than that.
     pub statement_timeout: Duration,
-    /// How long to wait for a connection (from the pool or a new one).
+    /// How long to wait for a connection from the pool, or for a new one
+    /// to be made (default 3 s).
     pub connect_timeout: Duration,
     /// Most jobs folded into one write transaction.
     pub max_batch: usize,
     /// `application_name` shown in `pg_stat_activity`.
     pub application_name: String,
+    /// Durability of audit-only batches (see [`AuditSync`]).
+    pub audit_sync: AuditSync,
+}
+
+/// When a batch holding only audit appends (read, search and denial
+/// entries; write sets always carry their own entries) is made durable.
+/// The PostgreSQL counterpart of the SQLite backend's option of the same
+/// name, with the same default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AuditSync {
+    /// Committed with `synchronous_commit = off`: in PostgreSQL's WAL
+    /// before the request is answered (a carelayer crash loses nothing),
+    /// flushed by PostgreSQL's WAL writer within `wal_writer_delay` (200 ms
+    /// by default, three times that at worst): a crash of PostgreSQL or its
+    /// host can lose at most that much of the read audit trail, never a
+    /// write or its entries. Reads then wait for no WAL flush, which on a
+    /// busy disk costs more than the read itself.
+    #[default]
+    Deferred,
+    /// Flushed before the request is answered, like writes
+    /// (`audit_sync=commit` in the database URL).
+    Commit,
 }
 
 impl Default for PostgresOptions {
@@ -81,20 +108,24 @@ impl Default for PostgresOptions {
         let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
         Self {
             pool_size: cores * 4,
-            statement_timeout: Duration::from_secs(30),
-            connect_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(3),
             max_batch: 256,
             application_name: "carelayer".into(),
+            audit_sync: AuditSync::default(),
         }
     }
 }
 
 impl PostgresOptions {
     /// Split carelayer's own settings out of a database URL's query string:
-    /// `pool_size=N`, `statement_timeout=MS` (milliseconds, or with an `s` /
-    /// `ms` suffix) and `max_batch=N`. Returns the URL without them (every
-    /// other parameter, e.g. `connect_timeout` or `application_name`, is left
-    /// for the driver) and the defaults with them applied. Why in the URL:
+    /// `pool_size=N`, `statement_timeout=MS` and `connect_timeout=MS`
+    /// (milliseconds, or with an `s` / `ms` suffix), `max_batch=N` and
+    /// `audit_sync=deferred|commit`.
+    /// Returns the URL without them (every other parameter, e.g.
+    /// `application_name`, is left for the driver) and the defaults with
+    /// them applied. `connect_timeout` is taken here, not left to the
+    /// driver, because it also bounds the pool wait and the deadlines. Why in the URL:
     /// the URL is the one setting every entry point (`serve`, `migrate`,
     /// `bench`) already passes through.
     ///
@@ -113,17 +144,35 @@ impl PostgresOptions {
             match k {
                 "pool_size" => options.pool_size = v.parse().map_err(|_| bad(k, v))?,
                 "max_batch" => options.max_batch = v.parse().map_err(|_| bad(k, v))?,
-                "statement_timeout" => {
+                "audit_sync" => {
+                    options.audit_sync = match v {
+                        "deferred" => AuditSync::Deferred,
+                        "commit" => AuditSync::Commit,
+                        _ => return Err(bad(k, v)),
+                    }
+                }
+                "statement_timeout" | "connect_timeout" => {
                     let ms: u64 = if let Some(ms) = v.strip_suffix("ms") {
                         ms.parse().map_err(|_| bad(k, v))?
                     } else if let Some(s) = v.strip_suffix('s') {
                         s.parse::<u64>()
                             .map_err(|_| bad(k, v))?
                             .saturating_mul(1000)
+                    } else if k == "connect_timeout" {
+                        // A bare number is seconds, as for libpq.
+                        v.parse::<u64>()
+                            .map_err(|_| bad(k, v))?
+                            .saturating_mul(1000)
                     } else {
+                        // A bare number is milliseconds, as for PostgreSQL.
                         v.parse().map_err(|_| bad(k, v))?
                     };
-                    options.statement_timeout = Duration::from_millis(ms.max(1));
+                    let d = Duration::from_millis(ms.max(1));
+                    if k == "statement_timeout" {
+                        options.statement_timeout = d;
+                    } else {
+                        options.connect_timeout = d;
+                    }
                 }
                 _ => kept.push(pair),
             }
@@ -243,7 +292,13 @@ impl PostgresStore {
             .saturating_add(options.connect_timeout);
         let max_batch = options.max_batch.max(1);
         let (tx, rx) = tokio::sync::mpsc::channel(max_batch.saturating_mul(4));
-        let handle = tokio::spawn(writer::run(writes, rx, max_batch, deadline));
+        let handle = tokio::spawn(writer::run(
+            writes,
+            rx,
+            max_batch,
+            deadline,
+            options.audit_sync,
+        ));
         Ok(Self {
             reads,
             tx,
@@ -296,8 +351,17 @@ impl PostgresStore {
             return Err(gone());
         }
         let (reply, rx) = oneshot::channel();
-        self.tx.send(make(reply)).await.map_err(|_| gone())?;
-        rx.await.map_err(|_| gone())?
+        // One deadline over the queue wait and the batch: a writer stuck on
+        // a silent server must not hold the requests queued behind it for
+        // longer than one operation may take. A job given up on here is
+        // skipped by the writer if its batch has not started yet.
+        let job = async {
+            self.tx.send(make(reply)).await.map_err(|_| gone())?;
+            rx.await.map_err(|_| gone())?
+        };
+        tokio::time::timeout(self.deadline, job)
+            .await
+            .unwrap_or_else(|_| Err(timed_out("write")))
     }
 }
 
@@ -332,7 +396,7 @@ impl Store for PostgresStore {
     }
 
     async fn search(&self, query: &SearchQuery) -> Result<SearchPage, StoreError> {
-        self.read(|mut c| async move { read::search(&mut c, query).await.map(|r| (c, r)) })
+        self.read(|c| async move { read::search(&c, query).await.map(|r| (c, r)) })
             .await
     }
 

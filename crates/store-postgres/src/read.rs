@@ -1,21 +1,21 @@
 //! The read queries, on pooled connections.
 //!
-//! Fixed statements use the pool's per-connection statement cache. Search
-//! statements are built per query shape and sent unnamed (prepared and run
-//! in one go), so user-controlled shapes cannot grow a cache without bound.
-
-use std::collections::HashMap;
+//! Every read is one round trip. Fixed statements use the pool's
+//! per-connection statement cache (prepared once per connection). Search
+//! statements are built per query shape and sent typed and unnamed
+//! (`query_typed`: parse, bind and execute in one message exchange), so
+//! user-controlled shapes cannot grow a cache without bound and each gets
+//! a plan for its actual values.
 
 use carelayer_store::{
     HistoryQuery, HistoryScope, SearchPage, SearchQuery, StoreError, StoredResource, TotalMode,
 };
 use deadpool_postgres::Object;
-use tokio_postgres::IsolationLevel;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
 use crate::error::pg_err;
-use crate::search::{Shape, build};
+use crate::search::{Shape, Snapshot, build, build_search};
 
 const RESOURCE_COLUMNS: &str =
     "r.type, r.id, r.version, r.seq, r.last_updated, r.deleted, r.patient_key, r.json";
@@ -127,78 +127,81 @@ pub(crate) async fn count(client: &Object, t: Option<&str>) -> Result<u64, Store
     Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
 }
 
-pub(crate) async fn search(client: &mut Object, q: &SearchQuery) -> Result<SearchPage, StoreError> {
-    // One REPEATABLE READ transaction: the snapshot seq, the page, the json
-    // and the total all see the same committed state. The writer assigns
-    // seq under the `commit_head` lock and commits batches whole, so
-    // `commit_head.seq` read here is a seq below which every version is
-    // visible to this snapshot.
-    let tx = client
-        .build_transaction()
-        .isolation_level(IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
+/// Most search statements kept prepared per connection. Search SQL has a
+/// shape per query structure, which users choose; past this many the
+/// connection's cache is emptied (dropping a statement closes it on the
+/// server) and refills with the shapes in use.
+const SEARCH_STATEMENTS: usize = 256;
+
+pub(crate) async fn search(client: &Object, q: &SearchQuery) -> Result<SearchPage, StoreError> {
+    // One statement, one round trip, one snapshot (see `build_search`):
+    // no transaction, no separate head, body or count queries. Prepared
+    // and cached per shape, so PostgreSQL parses it once per connection
+    // and may reuse its plan (planning costs more than running it).
+    let sql = build_search(q, crate::now_micros())?;
+    if client.statement_cache.size() >= SEARCH_STATEMENTS {
+        client.statement_cache.clear();
+    }
+    let stmt = client
+        .prepare_typed_cached(&sql.text, &sql.types)
         .await
         .map_err(pg_err)?;
-    let snapshot: i64 = match q.snapshot_seq {
-        Some(s) => s,
-        None => tx
-            .query_one("SELECT seq FROM commit_head", &[])
-            .await
-            .map_err(pg_err)?
-            .get(0),
-    };
-    let now = crate::now_micros();
-    let page = build(q, Some(snapshot), Shape::Page, now)?;
-    let rows = tx.query(&page.text, &page.refs()).await.map_err(pg_err)?;
-    let mut matches: Vec<StoredResource> = rows
-        .iter()
-        .map(|row| StoredResource {
-            resource_type: row.get(0),
-            id: row.get(1),
-            version: row.get(2),
-            seq: row.get(3),
-            last_updated: row.get(4),
-            deleted: row.get(5),
-            patient_key: row.get(6),
-            json: Vec::new(),
-        })
-        .collect();
-    // Bodies are fetched after sorting and limiting, in one round trip, so
-    // the sort never carries resource bodies.
-    if !matches.is_empty() && !q.keys_only {
-        let seqs: Vec<i64> = matches.iter().map(|m| m.seq).collect();
-        let stmt = tx
-            .prepare_cached("SELECT seq, json FROM resources WHERE seq = ANY($1)")
-            .await
-            .map_err(pg_err)?;
-        let bodies = tx.query(&stmt, &[&seqs]).await.map_err(pg_err)?;
-        let mut by_seq: HashMap<i64, Vec<u8>> = bodies
-            .into_iter()
-            .map(|r| (r.get::<_, i64>(0), r.get::<_, Vec<u8>>(1)))
-            .collect();
-        for m in &mut matches {
-            m.json = by_seq.remove(&m.seq).ok_or_else(|| {
-                StoreError::Other(format!(
-                    "{}/{}: version body missing",
-                    m.resource_type, m.id
-                ))
-            })?;
-        }
-    }
+    let rows = client.query(&stmt, &sql.refs()).await.map_err(pg_err)?;
+    let first = rows
+        .first()
+        .ok_or_else(|| StoreError::Other("a search returned no snapshot row".into()))?;
+    let snapshot: i64 = first.get(0);
     let total = match q.total {
         TotalMode::None => None,
-        TotalMode::Estimate | TotalMode::Accurate => {
-            let c = build(q, Some(snapshot), Shape::Count, now)?;
-            let n: i64 = tx
-                .query_one(&c.text, &c.refs())
-                .await
-                .map_err(pg_err)?
-                .get(0);
-            Some(u64::try_from(n).unwrap_or(0))
-        }
+        TotalMode::Estimate | TotalMode::Accurate => match first.get::<_, Option<i64>>(1) {
+            Some(n) => Some(u64::try_from(n).unwrap_or(0)),
+            // An empty page: nothing matches at all, or the page is past
+            // the end (or asked for no rows, `_count=0`); only the latter
+            // need counting.
+            None if q.offset == 0 && q.count > 0 => Some(0),
+            None => {
+                let c = build(
+                    q,
+                    Snapshot::Seq(snapshot),
+                    Shape::Count,
+                    crate::now_micros(),
+                )?;
+                let n: i64 = client
+                    .query_typed_one(&c.text, &c.typed())
+                    .await
+                    .map_err(pg_err)?
+                    .get(0);
+                Some(u64::try_from(n).unwrap_or(0))
+            }
+        },
     };
-    tx.commit().await.map_err(pg_err)?;
+    let mut matches = Vec::with_capacity(rows.len());
+    for row in &rows {
+        // No match: the one row of the outer join has NULL page columns.
+        let Some(resource_type) = row.get::<_, Option<String>>(2) else {
+            continue;
+        };
+        let json = if q.keys_only {
+            Vec::new()
+        } else {
+            row.get::<_, Option<Vec<u8>>>(9).ok_or_else(|| {
+                StoreError::Other(format!(
+                    "{resource_type}/{}: version body missing",
+                    row.get::<_, String>(3)
+                ))
+            })?
+        };
+        matches.push(StoredResource {
+            resource_type,
+            id: row.get(3),
+            version: row.get(4),
+            seq: row.get(5),
+            last_updated: row.get(6),
+            deleted: row.get(7),
+            patient_key: row.get(8),
+            json,
+        });
+    }
     Ok(SearchPage {
         matches,
         total,
@@ -209,12 +212,12 @@ pub(crate) async fn search(client: &mut Object, q: &SearchQuery) -> Result<Searc
 pub(crate) async fn explain(client: &Object, q: &SearchQuery) -> Result<Vec<String>, StoreError> {
     let sql = build(
         q,
-        Some(q.snapshot_seq.unwrap_or(i64::MAX)),
+        Snapshot::Seq(q.snapshot_seq.unwrap_or(i64::MAX)),
         Shape::Page,
         crate::now_micros(),
     )?;
     let rows = client
-        .query(&format!("EXPLAIN {}", sql.text), &sql.refs())
+        .query_typed(&format!("EXPLAIN {}", sql.text), &sql.typed())
         .await
         .map_err(pg_err)?;
     Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())

@@ -224,6 +224,11 @@ pub(crate) const INDEX_TABLES: &[&str] = &[
 /// Bring the schema up to date; returns the schema version now in place.
 pub(crate) async fn migrate(client: &mut Client) -> Result<i64, StoreError> {
     let tx = client.transaction().await.map_err(pg_err)?;
+    // A migration may rebuild an index over every row: the request-path
+    // statement timeout does not apply (the lock wait neither).
+    tx.batch_execute("SET LOCAL statement_timeout = 0")
+        .await
+        .map_err(pg_err)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await
         .map_err(pg_err)?;

@@ -24,18 +24,39 @@
 
 use std::fmt::Write as _;
 
-use carelayer_store::{Clause, IndexTest, Predicate, Prefix, SearchQuery, SortKey, StoreError};
-use tokio_postgres::types::ToSql;
+use carelayer_store::{
+    Clause, IndexTest, Predicate, Prefix, SearchQuery, SortKey, StoreError, TotalMode,
+};
+use tokio_postgres::types::{ToSql, Type};
 
 /// A bound value. Every integer column is `bigint` and every real one
-/// `double precision`, so `i64`/`f64` always match the inferred types.
+/// `double precision`, so `i64`/`f64` always match the column types.
 pub(crate) type Param = Box<dyn ToSql + Sync + Send>;
 
-/// SQL text plus its bound values, in placeholder order.
+/// A value this module binds, with its PostgreSQL type: search statements
+/// are sent typed and unnamed (`query_typed`: parse, bind and execute in
+/// one round trip), so the types must be known here rather than learnt
+/// from a prepare round trip.
+pub(crate) trait Bindable: ToSql + Sync + Send + 'static {
+    const TYPE: Type;
+}
+
+impl Bindable for i64 {
+    const TYPE: Type = Type::INT8;
+}
+impl Bindable for f64 {
+    const TYPE: Type = Type::FLOAT8;
+}
+impl Bindable for String {
+    const TYPE: Type = Type::TEXT;
+}
+
+/// SQL text plus its bound values and their types, in placeholder order.
 #[derive(Default)]
 pub(crate) struct Sql {
     pub text: String,
     pub params: Vec<Param>,
+    pub types: Vec<Type>,
 }
 
 impl std::fmt::Debug for Sql {
@@ -53,16 +74,26 @@ impl Sql {
     }
 
     /// Append a placeholder bound to `v`.
-    fn bind<T: ToSql + Sync + Send + 'static>(&mut self, v: T) {
+    fn bind<T: Bindable>(&mut self, v: T) {
         self.params.push(Box::new(v));
+        self.types.push(T::TYPE);
         let _ = write!(self.text, "${}", self.params.len());
     }
 
-    /// The parameters as the driver wants them.
+    /// The parameters as the driver wants them for a prepared statement.
     pub(crate) fn refs(&self) -> Vec<&(dyn ToSql + Sync)> {
         self.params
             .iter()
             .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+            .collect()
+    }
+
+    /// The parameters with their types, for `query_typed`.
+    pub(crate) fn typed(&self) -> Vec<(&(dyn ToSql + Sync), Type)> {
+        self.params
+            .iter()
+            .zip(&self.types)
+            .map(|(p, t)| (p.as_ref() as &(dyn ToSql + Sync), t.clone()))
             .collect()
     }
 }
@@ -89,11 +120,22 @@ pub(crate) enum Shape {
     Ids,
 }
 
-/// The full statement for `query` at `snapshot` (`None`: no snapshot bound,
-/// used inside the writer's transaction).
+/// Which committed state a statement's `current` rows are limited to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Snapshot {
+    /// No limit: inside the writer's transaction.
+    Unbounded,
+    /// `seq <= N` (a pinned page, or `EXPLAIN`).
+    Seq(i64),
+    /// `seq <= h.snap`, the column [`build_search`] reads from
+    /// `commit_head` in the same statement.
+    Head,
+}
+
+/// The full statement for `query` under `snapshot`.
 pub(crate) fn build(
     query: &SearchQuery,
-    snapshot: Option<i64>,
+    snapshot: Snapshot,
     shape: Shape,
     now_micros: i64,
 ) -> Result<Sql, StoreError> {
@@ -102,23 +144,48 @@ pub(crate) fn build(
         next_alias: 0,
         now_micros,
     };
-    match shape {
-        Shape::Page => {
-            b.sql.push("SELECT ");
-            b.sql.push(CURRENT_COLUMNS);
-            b.sql.push(" FROM current c WHERE ");
+    b.select(query, snapshot, shape)?;
+    Ok(b.sql)
+}
+
+/// A whole search in ONE statement, so it is one round trip and sees one
+/// snapshot without a transaction: the snapshot seq (bound, or
+/// `commit_head.seq` read by the statement itself: the writer moves it in
+/// the same transaction as the versions it covers, so every version with
+/// seq ≤ it is visible in the statement's snapshot), the page with its
+/// bodies, and the total when asked (`count(*) OVER ()`, computed over all
+/// matches before the limit: the `WHERE` is planned once, not twice).
+/// Columns: snap, total, then [`CURRENT_COLUMNS`] and `json` (NULL for
+/// `keys_only`); with no row on the page, one row whose other columns are
+/// NULL (the caller then counts separately if a total is wanted and the
+/// page was past the end).
+///
+/// The page is a `LATERAL` subquery of the one-row `h`: a nested loop over
+/// one outer row emits the inner rows in the inner `ORDER BY` order. The
+/// body is a scalar subquery in the page's select list, which PostgreSQL
+/// evaluates after `ORDER BY … LIMIT` (expensive target-list expressions
+/// are postponed past a limit), so only the page's bodies are read and
+/// the sort never carries them.
+pub(crate) fn build_search(query: &SearchQuery, now_micros: i64) -> Result<Sql, StoreError> {
+    let mut b = Builder {
+        sql: Sql::default(),
+        next_alias: 0,
+        now_micros,
+    };
+    b.sql.push(
+        "SELECT h.snap, p.total, p.type, p.id, p.version, p.seq, p.last_updated, p.deleted, \
+         p.patient_key, p.json FROM (SELECT ",
+    );
+    match query.snapshot_seq {
+        Some(s) => {
+            b.sql.bind(s);
+            b.sql.push("::bigint");
         }
-        Shape::Count => b.sql.push("SELECT count(*) FROM current c WHERE "),
-        Shape::Ids => b.sql.push("SELECT c.id FROM current c WHERE "),
+        None => b.sql.push("(SELECT seq FROM commit_head)"),
     }
-    b.where_for(query, "c", snapshot)?;
-    if shape == Shape::Page {
-        b.order_by(&query.sort)?;
-        b.sql.push(" LIMIT ");
-        b.sql.bind(i64::try_from(query.count).unwrap_or(i64::MAX));
-        b.sql.push(" OFFSET ");
-        b.sql.bind(i64::try_from(query.offset).unwrap_or(i64::MAX));
-    }
+    b.sql.push(" AS snap) h LEFT JOIN LATERAL (");
+    b.select(query, Snapshot::Head, Shape::Page)?;
+    b.sql.push(") p ON TRUE");
     Ok(b.sql)
 }
 
@@ -133,6 +200,47 @@ fn prefix_upper(p: &str) -> String {
 }
 
 impl Builder {
+    /// One `SELECT` of `shape` over `current c`.
+    fn select(
+        &mut self,
+        query: &SearchQuery,
+        snapshot: Snapshot,
+        shape: Shape,
+    ) -> Result<(), StoreError> {
+        match shape {
+            Shape::Page => {
+                self.sql.push("SELECT ");
+                self.sql.push(CURRENT_COLUMNS);
+                match (snapshot, query.total) {
+                    (Snapshot::Head, TotalMode::Estimate | TotalMode::Accurate) => {
+                        self.sql.push(", count(*) OVER () AS total");
+                    }
+                    _ => self.sql.push(", NULL::bigint AS total"),
+                }
+                if query.keys_only {
+                    self.sql.push(", NULL::bytea AS json");
+                } else {
+                    self.sql
+                        .push(", (SELECT r.json FROM resources r WHERE r.seq = c.seq) AS json");
+                }
+                self.sql.push(" FROM current c WHERE ");
+            }
+            Shape::Count => self.sql.push("SELECT count(*) FROM current c WHERE "),
+            Shape::Ids => self.sql.push("SELECT c.id FROM current c WHERE "),
+        }
+        self.where_for(query, "c", snapshot)?;
+        if shape == Shape::Page {
+            self.order_by(&query.sort)?;
+            self.sql.push(" LIMIT ");
+            self.sql
+                .bind(i64::try_from(query.count).unwrap_or(i64::MAX));
+            self.sql.push(" OFFSET ");
+            self.sql
+                .bind(i64::try_from(query.offset).unwrap_or(i64::MAX));
+        }
+        Ok(())
+    }
+
     fn alias(&mut self, stem: &str) -> String {
         self.next_alias += 1;
         format!("{stem}{}", self.next_alias)
@@ -143,12 +251,18 @@ impl Builder {
         &mut self,
         q: &SearchQuery,
         c: &str,
-        snapshot: Option<i64>,
+        snapshot: Snapshot,
     ) -> Result<(), StoreError> {
         let _ = write!(self.sql.text, "NOT {c}.deleted");
-        if let Some(s) = snapshot {
-            let _ = write!(self.sql.text, " AND {c}.seq <= ");
-            self.sql.bind(s);
+        match snapshot {
+            Snapshot::Unbounded => {}
+            Snapshot::Seq(s) => {
+                let _ = write!(self.sql.text, " AND {c}.seq <= ");
+                self.sql.bind(s);
+            }
+            Snapshot::Head => {
+                let _ = write!(self.sql.text, " AND {c}.seq <= h.snap");
+            }
         }
         match q.resource_types.as_slice() {
             [] => {}
@@ -174,12 +288,7 @@ impl Builder {
         Ok(())
     }
 
-    fn clause(
-        &mut self,
-        clause: &Clause,
-        c: &str,
-        snapshot: Option<i64>,
-    ) -> Result<(), StoreError> {
+    fn clause(&mut self, clause: &Clause, c: &str, snapshot: Snapshot) -> Result<(), StoreError> {
         if clause.any_of.is_empty() {
             // An empty disjunction is false.
             self.sql.push("FALSE");
@@ -196,12 +305,7 @@ impl Builder {
         Ok(())
     }
 
-    fn predicate(
-        &mut self,
-        p: &Predicate,
-        c: &str,
-        snapshot: Option<i64>,
-    ) -> Result<(), StoreError> {
+    fn predicate(&mut self, p: &Predicate, c: &str, snapshot: Snapshot) -> Result<(), StoreError> {
         match p {
             Predicate::Id(id) => {
                 let _ = write!(self.sql.text, "{c}.id = ");
@@ -679,9 +783,13 @@ mod tests {
             count: 10,
             ..SearchQuery::default()
         };
-        let sql = build(&q, Some(5), Shape::Page, 0).unwrap_or_default();
+        let sql = build(&q, Snapshot::Seq(5), Shape::Page, 0).unwrap_or_default();
         assert!(!sql.text.contains("brien"));
         assert!(!sql.text.contains("DROP"));
         assert_eq!(sql.text.matches('$').count(), sql.params.len());
+        assert_eq!(sql.types.len(), sql.params.len());
+        let one = build_search(&q, 0).unwrap_or_default();
+        assert!(!one.text.contains("brien"));
+        assert_eq!(one.text.matches('$').count(), one.params.len());
     }
 }

@@ -33,13 +33,83 @@ use std::time::Duration;
 use carelayer_audit::{AuditRecord, canonical_bytes, chain_hash_bytes};
 use carelayer_fhir::search::{IndexEntry, IndexValue};
 use carelayer_store::{CommitReceipt, Precondition, ResourceWrite, StoreError, WriteSet};
-use deadpool_postgres::{Object, Pool, Transaction};
+use deadpool_postgres::{Object, Pool};
 use tokio::sync::mpsc::Receiver;
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::oneshot;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{ToSql, Type};
 
+use crate::AuditSync;
 use crate::error::{clone_err, pg_err, pool_err, timed_out};
-use crate::search::{Shape, build};
+use crate::search::{Shape, Snapshot, build};
+
+/// The statements whose order on the wire matters (see
+/// [`run_in_transaction`]). They are all prepared before a batch starts so
+/// that, pipelined, each goes out on its future's first poll: a statement
+/// still being prepared would let a later one overtake it.
+///
+/// Keys are looked up one by one (a correlated subquery on the
+/// `(type, id)` unique index), never joined: a join of an `unnest` lets
+/// the planner pick a hash join over a scan of all of `current`, which is
+/// fine for a thousand rows and ruinous for millions.
+const CHECK_VERSIONS: &str = "SELECT u.n, \
+         (SELECT c.version FROM current c WHERE c.type = u.type AND c.id = u.id) \
+     FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(type, id, n)";
+const INSERT_VERSIONS: &str = "INSERT INTO resources (seq, type, id, version, last_updated, deleted, patient_key, json) \
+     SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], \
+                          $6::boolean[], $7::text[], $8::bytea[])";
+const UPSERT_CURRENT: &str = "INSERT INTO current (type, id, version, seq, last_updated, deleted, patient_key) \
+     SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], \
+                          $6::boolean[], $7::text[]) \
+     ON CONFLICT (type, id) DO UPDATE SET version = excluded.version, seq = excluded.seq, \
+         last_updated = excluded.last_updated, deleted = excluded.deleted, \
+         patient_key = excluded.patient_key \
+     RETURNING rid, type, id";
+const AUDIT_LEDGER: &str = "INSERT INTO audit_ledger (seq, record, hash) \
+     SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bytea[])";
+const AUDIT_INDEX: &str = "INSERT INTO audit_index (seq, recorded_at, patient, agent_user, \
+         agent_org, agent_client, action, outcome, break_glass) \
+     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
+                          $6::text[], $7::text[], $8::text[], $9::boolean[])";
+
+/// Removes the index rows of every resource a write set replaces, in one
+/// statement found by key (so it needs no earlier answer).
+static DELETE_OLD_INDEX_ROWS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let mut sql = String::from(
+        "WITH old AS (SELECT array(SELECT (SELECT c.rid FROM current c \
+             WHERE c.type = u.type AND c.id = u.id) \
+         FROM unnest($1::text[], $2::text[]) AS u(type, id)) AS rids)",
+    );
+    for (i, table) in crate::schema::INDEX_TABLES.iter().enumerate() {
+        // `= ANY(array)`: an index scan on the `(rid, ord)` primary key
+        // whatever the planner guesses of how many resources are replaced.
+        sql.push_str(&format!(
+            ", d{i} AS (DELETE FROM {table} WHERE rid = ANY((SELECT rids FROM old)::bigint[]))"
+        ));
+    }
+    sql.push_str(" SELECT 1");
+    sql
+});
+
+/// Prepare (once per connection; later a cache lookup) every statement
+/// whose place in a pipeline matters.
+async fn warm(client: &Object) -> Result<(), StoreError> {
+    for sql in [
+        LOCK_HEAD,
+        CAS_HEAD,
+        CHECK_VERSIONS,
+        INSERT_VERSIONS,
+        UPSERT_CURRENT,
+        AUDIT_LEDGER,
+        AUDIT_INDEX,
+        DELETE_OLD_INDEX_ROWS.as_str(),
+    ] {
+        client.prepare_cached(sql).await.map_err(pg_err)?;
+    }
+    Ok(())
+}
 
 /// Work for the writer.
 pub(crate) enum Job {
@@ -47,6 +117,17 @@ pub(crate) enum Job {
     Audit(Vec<AuditRecord>, oneshot::Sender<Result<(), StoreError>>),
     /// Finish what is queued before this, then stop.
     Close(oneshot::Sender<()>),
+}
+
+impl Job {
+    /// Nobody waits for this job's answer any more.
+    fn abandoned(&self) -> bool {
+        match self {
+            Self::Commit(_, reply) => reply.is_closed(),
+            Self::Audit(_, reply) => reply.is_closed(),
+            Self::Close(_) => false,
+        }
+    }
 }
 
 /// The heads a batch builds on, read under the `commit_head` lock.
@@ -59,9 +140,18 @@ struct Head {
 
 /// The writer task's body. Returns when a `Close` job is done or every
 /// sender is gone.
-pub(crate) async fn run(pool: Pool, mut rx: Receiver<Job>, max_batch: usize, deadline: Duration) {
+pub(crate) async fn run(
+    pool: Pool,
+    mut rx: Receiver<Job>,
+    max_batch: usize,
+    deadline: Duration,
+    audit_sync: AuditSync,
+) {
     let max_batch = max_batch.max(1);
     let mut batch: Vec<Job> = Vec::with_capacity(max_batch);
+    let mut stats = Statistics::default();
+    // The head the last batch committed, while nothing has failed since.
+    let mut cached: Option<Head> = None;
     loop {
         let Some(first) = rx.recv().await else {
             return;
@@ -83,8 +173,13 @@ pub(crate) async fn run(pool: Pool, mut rx: Receiver<Job>, max_batch: usize, dea
                 }
             }
         }
+        // A caller that stopped waiting (its deadline passed while the job
+        // was queued) was answered 503: do not commit what it gave up on.
+        batch.retain(|job| !job.abandoned());
         if !batch.is_empty() {
-            run_batch(&pool, &mut batch, deadline).await;
+            stats.count(&batch);
+            run_batch(&pool, &mut batch, deadline, audit_sync, &mut cached).await;
+            stats.refresh_if_due(&pool);
         }
         batch.clear();
         if let Some(reply) = closing {
@@ -95,14 +190,83 @@ pub(crate) async fn run(pool: Pool, mut rx: Receiver<Job>, max_batch: usize, dea
     }
 }
 
+/// Keeps the planner's statistics in step with bulk loads. Autovacuum
+/// analyses a table only after a minute's nap and a 10% change, so right
+/// after an import into a new database every search would be planned as
+/// if the tables were empty (a hash join over a scan where an index
+/// lookup was wanted). So after bulk write sets have added as many rows as
+/// the last analysis saw (and at least `FIRST_ANALYZE`), the writer starts
+/// an `ANALYZE` in the background: a handful of times over any load
+/// (sizes double in between), never two at once.
+#[derive(Default)]
+struct Statistics {
+    /// Resources written by bulk write sets since the last `ANALYZE`.
+    since: u64,
+    /// Resources bulk-written when the last one started.
+    at_last: u64,
+    running: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Bulk-written resources before the first `ANALYZE`.
+const FIRST_ANALYZE: u64 = 5_000;
+
+impl Statistics {
+    fn count(&mut self, batch: &[Job]) {
+        for job in batch {
+            if let Job::Commit(ws, _) = job
+                && ws.resources.len() >= BULK_RESOURCES
+            {
+                self.since += ws.resources.len() as u64;
+            }
+        }
+    }
+
+    fn refresh_if_due(&mut self, pool: &Pool) {
+        use std::sync::atomic::Ordering;
+        if self.since < FIRST_ANALYZE.max(self.at_last) || self.running.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        self.at_last += self.since;
+        self.since = 0;
+        let (pool, running) = (pool.clone(), std::sync::Arc::clone(&self.running));
+        tokio::spawn(async move {
+            let tables = std::iter::once("current")
+                .chain(std::iter::once("resources"))
+                .chain(crate::schema::INDEX_TABLES.iter().copied())
+                .collect::<Vec<_>>()
+                .join(", ");
+            // Its own transaction, so the request-path statement timeout
+            // does not cut a long analysis short.
+            let sql = format!("BEGIN; SET LOCAL statement_timeout = 0; ANALYZE {tables}; COMMIT");
+            match pool.get().await {
+                Ok(client) => {
+                    if let Err(e) = client.batch_execute(&sql).await {
+                        tracing::warn!(error = %e, "ANALYZE after a bulk load failed");
+                        drop(Object::take(client));
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "no connection to ANALYZE after a bulk load"),
+            }
+            running.store(false, Ordering::Release);
+        });
+    }
+}
+
 /// The result a job is answered with once the batch commits.
 enum Outcome {
     Commit(Result<CommitReceipt, StoreError>),
     Audit(Result<(), StoreError>),
 }
 
-async fn run_batch(pool: &Pool, batch: &mut Vec<Job>, deadline: Duration) {
-    let outcomes = match connect_and_run(pool, batch, deadline).await {
+async fn run_batch(
+    pool: &Pool,
+    batch: &mut Vec<Job>,
+    deadline: Duration,
+    audit_sync: AuditSync,
+    cached: &mut Option<Head>,
+) {
+    let outcomes = match connect_and_run(pool, batch, deadline, audit_sync, cached).await {
         Ok(outcomes) => outcomes,
         Err(e) => {
             tracing::warn!(error = %e, jobs = batch.len(), "PostgreSQL write batch failed");
@@ -143,9 +307,12 @@ async fn connect_and_run(
     pool: &Pool,
     batch: &[Job],
     deadline: Duration,
+    audit_sync: AuditSync,
+    cached: &mut Option<Head>,
 ) -> Result<Vec<Outcome>, StoreError> {
-    let mut client = pool.get().await.map_err(pool_err)?;
-    match tokio::time::timeout(deadline, run_in_transaction(&mut client, batch)).await {
+    let client = pool.get().await.map_err(pool_err)?;
+    let run = run_in_transaction(&client, batch, audit_sync, cached);
+    match tokio::time::timeout(deadline, run).await {
         Ok(Ok(outcomes)) => Ok(outcomes),
         Ok(Err(e)) => {
             drop(Object::take(client));
@@ -158,74 +325,288 @@ async fn connect_and_run(
     }
 }
 
-/// BEGIN, lock the head, one savepoint per job, store the head, COMMIT.
+/// The statement that locks the head and reads it.
+const LOCK_HEAD: &str = "SELECT seq, audit_seq, audit_hash FROM commit_head FOR UPDATE";
+
+/// A write set at least this large is bulk (an import batch): its
+/// versions and index rows go in by binary COPY, which PostgreSQL ingests
+/// faster than `unnest` arrays; smaller ones stay in the pipelined
+/// statements, whose fewer round trips matter more than ingest speed.
+const BULK_RESOURCES: usize = 64;
+
+/// Moves the head only if it is still the one this batch built on (a
+/// compare-and-swap, which also takes the row lock): on a mismatch the
+/// division fails, the transaction aborts and the COMMIT pipelined after
+/// it becomes a rollback.
+const CAS_HEAD: &str = "WITH u AS (UPDATE commit_head SET seq = $1, audit_seq = $2, audit_hash = $3 \
+     WHERE seq = $4 AND audit_seq = $5 AND audit_hash = $6 RETURNING 1) \
+     SELECT 1 / (SELECT count(*)::int FROM u)";
+
+/// One batch as one transaction: BEGIN, the head, one savepoint per commit
+/// job (audit-only jobs need none), the head moved, COMMIT.
 /// An `Err` means the whole batch failed and nothing of it committed (or,
 /// if the connection died during COMMIT, that nobody was told it did).
+///
+/// Round trips are the cost here, not SQL: every fixed statement is a
+/// cached prepared statement, and statements that do not need an earlier
+/// one's answer are pipelined (sent before that answer arrives; PostgreSQL
+/// runs them in the order sent). The head the last batch left (`cached`)
+/// is used without reading it again: BEGIN rides with the first job's
+/// statements and the head moves by compare-and-swap ([`CAS_HEAD`]) with
+/// the COMMIT behind it, so a batch of audit appends is one round trip.
+/// If anything else moved the head meanwhile (another server on the same
+/// database), or anything in the batch failed, that attempt is rolled back
+/// and the batch runs again the careful way: the head read under
+/// `FOR UPDATE` first, as it is after a failure or on a fresh start.
 async fn run_in_transaction(
-    client: &mut Object,
+    client: &Object,
     batch: &[Job],
+    audit_sync: AuditSync,
+    cached: &mut Option<Head>,
 ) -> Result<Vec<Outcome>, StoreError> {
-    let tx = client.transaction().await.map_err(pg_err)?;
-    let row = tx
-        .query_one(
-            "SELECT seq, audit_seq, audit_hash FROM commit_head FOR UPDATE",
-            &[],
-        )
-        .await
-        .map_err(pg_err)?;
+    warm(client).await?;
+    if let Some(head) = cached.take() {
+        match attempt(client, batch, audit_sync, Some(head)).await {
+            Ok(Some((outcomes, head))) => {
+                *cached = Some(head);
+                return Ok(outcomes);
+            }
+            Ok(None) => {}
+            Err(e @ StoreError::Unavailable(_)) => return Err(e),
+            Err(_) => {
+                // Whatever failed, the attempt must leave nothing behind.
+                client.batch_execute("ROLLBACK").await.map_err(pg_err)?;
+            }
+        }
+    }
+    match attempt(client, batch, audit_sync, None).await? {
+        Some((outcomes, head)) => {
+            *cached = Some(head);
+            Ok(outcomes)
+        }
+        None => Err(StoreError::Other(
+            "the commit head moved while it was locked".into(),
+        )),
+    }
+}
+
+/// Send `sql` (a simple query) if there is one, then the head lock if
+/// asked: polled first in a `join`, they go out ahead of the statements
+/// joined after them. Returns the head row when the lock was sent.
+async fn send_first(
+    client: &Object,
+    sql: Option<String>,
+    lock: Option<tokio_postgres::Statement>,
+) -> Result<Option<tokio_postgres::Row>, StoreError> {
+    let simple = async {
+        match sql {
+            Some(sql) => client.batch_execute(&sql).await.map_err(pg_err),
+            None => Ok(()),
+        }
+    };
+    let locked = async {
+        match &lock {
+            Some(lock) => client.query_one(lock, &[]).await.map(Some).map_err(pg_err),
+            None => Ok(None),
+        }
+    };
+    let (simple, locked) = futures::future::join(simple, locked).await;
+    simple?;
+    locked
+}
+
+/// The head in a `commit_head` row.
+fn head_of(row: &tokio_postgres::Row) -> Result<Head, StoreError> {
     let hash: Vec<u8> = row.get(2);
-    let mut head = Head {
+    Ok(Head {
         seq: row.get(0),
         audit_seq: row.get(1),
         audit_hash: hash
             .try_into()
             .map_err(|_| StoreError::Other("commit_head.audit_hash is not 32 bytes".into()))?,
+    })
+}
+
+/// After the first statements of an optimistic attempt: did the head lock
+/// (taken before them) find the head this batch assumed? If not, another
+/// server committed since: whatever those statements did is void.
+fn stale(known: Option<Head>, locked: Option<&tokio_postgres::Row>) -> Result<bool, StoreError> {
+    match (known, locked) {
+        (Some(k), Some(row)) => {
+            let h = head_of(row)?;
+            Ok(h.seq != k.seq || h.audit_seq != k.audit_seq || h.audit_hash != k.audit_hash)
+        }
+        _ => Ok(false),
+    }
+}
+
+/// One attempt at the batch: on `known`, the head cached from the last
+/// batch (optimistic), or `None` to read and lock it first. `Ok(None)`:
+/// an optimistic attempt found it must not commit (rolled back; retry).
+async fn attempt(
+    client: &Object,
+    batch: &[Job],
+    audit_sync: AuditSync,
+    known: Option<Head>,
+) -> Result<Option<(Vec<Outcome>, Head)>, StoreError> {
+    // Audit appends alone need not wait for the WAL flush (see
+    // `AuditSync::Deferred`); anything with a write set does.
+    let begin =
+        if audit_sync == AuditSync::Deferred && batch.iter().all(|j| matches!(j, Job::Audit(..))) {
+            "BEGIN; SET LOCAL synchronous_commit = off"
+        } else {
+            "BEGIN"
+        };
+    let optimistic = known.is_some();
+    let lock = client.prepare_cached(LOCK_HEAD).await.map_err(pg_err)?;
+    // Simple-query text still to send ahead of the next statements, and
+    // the head lock when it rides with them (optimistic: every batch takes
+    // the lock before writing anything, so two servers never deadlock on
+    // each other's rows; it just need not wait for the answer).
+    let mut pending: Option<String>;
+    let mut lock_pending = None;
+    let mut head = if let Some(head) = known {
+        pending = Some(begin.to_owned());
+        lock_pending = Some(lock);
+        head
+    } else {
+        let (begun, row) =
+            futures::future::join(client.batch_execute(begin), client.query_one(&lock, &[])).await;
+        begun.map_err(pg_err)?;
+        let row = row.map_err(pg_err)?;
+        pending = None;
+        head_of(&row)?
     };
     let start = head;
     let single = batch.len() == 1;
     let mut outcomes = Vec::with_capacity(batch.len());
-    for job in batch {
+    let mut i = 0;
+    while i < batch.len() {
+        if let Job::Audit(..) = &batch[i] {
+            // A run of audit appends is one append: they have no
+            // preconditions, so nothing but a broken connection or
+            // invariant can fail them, and either fails the batch.
+            let run_end = batch[i..]
+                .iter()
+                .position(|j| !matches!(j, Job::Audit(..)))
+                .map_or(batch.len(), |n| i + n);
+            let records: Vec<&AuditRecord> = batch[i..run_end]
+                .iter()
+                .flat_map(|j| match j {
+                    Job::Audit(records, _) => records.iter().collect::<Vec<_>>(),
+                    _ => Vec::new(),
+                })
+                .collect();
+            let (sent, appended) = futures::future::join(
+                send_first(client, pending.take(), lock_pending.take()),
+                append(client, &records, &mut head),
+            )
+            .await;
+            if stale(known, sent?.as_ref())? {
+                client.batch_execute("ROLLBACK").await.map_err(pg_err)?;
+                return Ok(None);
+            }
+            appended?;
+            outcomes.extend((i..run_end).map(|_| Outcome::Audit(Ok(()))));
+            i = run_end;
+            continue;
+        }
+        let job = &batch[i];
+        i += 1;
+        let Job::Commit(ws, _) = job else {
+            outcomes.push(outcome(job, Ok(None)));
+            continue;
+        };
         let saved = head;
         // A lone job needs no savepoint: if it fails the whole transaction
-        // is rolled back, which is the same thing one round trip cheaper.
+        // is rolled back, which is the same thing one statement cheaper.
         if !single {
-            tx.batch_execute("SAVEPOINT job").await.map_err(pg_err)?;
-        }
-        let result = match job {
-            Job::Commit(ws, _) => apply_write_set(&tx, ws, &mut head).await.map(Some),
-            Job::Audit(records, _) => append(&tx, records, &mut head).await.map(|()| None),
-            Job::Close(_) => Ok(None),
-        };
-        if let Err(e) = &result {
-            // A connection failure is the batch's failure, not the job's.
-            if matches!(e, StoreError::Unavailable(_)) {
-                return Err(clone_err(e));
+            let mut sql = pending.take().unwrap_or_default();
+            if !sql.is_empty() {
+                sql.push_str("; ");
             }
-            head = saved;
-            if single {
-                tx.rollback().await.map_err(pg_err)?;
-                return Ok(vec![outcome(job, result)]);
-            }
-            tx.batch_execute("ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job")
-                .await
-                .map_err(pg_err)?;
-        } else if !single {
-            tx.batch_execute("RELEASE SAVEPOINT job")
-                .await
-                .map_err(pg_err)?;
+            sql.push_str("SAVEPOINT job");
+            pending = Some(sql);
         }
-        outcomes.push(outcome(job, result));
-    }
-    if head.seq != start.seq || head.audit_seq != start.audit_seq {
-        tx.execute(
-            "UPDATE commit_head SET seq = $1, audit_seq = $2, audit_hash = $3",
-            &[&head.seq, &head.audit_seq, &&head.audit_hash[..]],
+        let (sent, result) = futures::future::join(
+            send_first(client, pending.take(), lock_pending.take()),
+            apply_write_set(client, ws, &mut head),
         )
-        .await
-        .map_err(pg_err)?;
+        .await;
+        if stale(known, sent?.as_ref())? {
+            client.batch_execute("ROLLBACK").await.map_err(pg_err)?;
+            return Ok(None);
+        }
+        match result {
+            // A connection failure is the batch's failure, not the job's.
+            Err(e @ StoreError::Unavailable(_)) => return Err(e),
+            Err(e) => {
+                head = saved;
+                if optimistic {
+                    // Perhaps only because the cached head was stale: redo
+                    // the batch on the locked head, which gives the verdict.
+                    client.batch_execute("ROLLBACK").await.map_err(pg_err)?;
+                    return Ok(None);
+                }
+                if single {
+                    client.batch_execute("ROLLBACK").await.map_err(pg_err)?;
+                    return Ok(Some((vec![Outcome::Commit(Err(e))], start)));
+                }
+                client
+                    .batch_execute("ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job")
+                    .await
+                    .map_err(pg_err)?;
+                outcomes.push(Outcome::Commit(Err(e)));
+            }
+            Ok(receipt) => {
+                if !single {
+                    // Keep the nesting flat (PostgreSQL slows down past 64
+                    // open subtransactions); sent with what comes next.
+                    pending = Some("RELEASE SAVEPOINT job".to_owned());
+                }
+                outcomes.push(Outcome::Commit(Ok(receipt)));
+            }
+        }
     }
-    tx.commit().await.map_err(pg_err)?;
-    Ok(outcomes)
+    if head.seq == start.seq && head.audit_seq == start.audit_seq {
+        // Nothing written (every job failed): nothing to move or verify.
+        let mut sql = pending.take().unwrap_or_default();
+        if !sql.is_empty() {
+            sql.push_str("; ");
+        }
+        sql.push_str("COMMIT");
+        client.batch_execute(&sql).await.map_err(pg_err)?;
+        return Ok(Some((outcomes, start)));
+    }
+    let cas = client.prepare_cached(CAS_HEAD).await.map_err(pg_err)?;
+    let (new_hash, old_hash) = (&head.audit_hash[..], &start.audit_hash[..]);
+    let params: [&(dyn ToSql + Sync); 6] = [
+        &head.seq,
+        &head.audit_seq,
+        &new_hash,
+        &start.seq,
+        &start.audit_seq,
+        &old_hash,
+    ];
+    // If the swap fails, PostgreSQL turns the pipelined COMMIT into a
+    // rollback; the swap's error says which.
+    let (sent, swapped, committed) = futures::future::join3(
+        send_first(client, pending.take(), None),
+        client.query_one(&cas, &params),
+        client.batch_execute("COMMIT"),
+    )
+    .await;
+    sent?;
+    match swapped {
+        Ok(_) => {}
+        Err(e) if optimistic && e.code() == Some(&SqlState::DIVISION_BY_ZERO) => {
+            committed.map_err(pg_err)?;
+            return Ok(None);
+        }
+        Err(e) => return Err(pg_err(e)),
+    }
+    committed.map_err(pg_err)?;
+    Ok(Some((outcomes, head)))
 }
 
 fn outcome(job: &Job, result: Result<Option<CommitReceipt>, StoreError>) -> Outcome {
@@ -237,58 +618,155 @@ fn outcome(job: &Job, result: Result<Option<CommitReceipt>, StoreError>) -> Outc
     }
 }
 
-/// Preconditions, then versions + current rows + index rows, then audit.
+fn show(v: Option<i64>) -> String {
+    v.map_or_else(|| "none".to_owned(), |v| v.to_string())
+}
+
+/// Preconditions, versions, current rows, index rows and audit, in two
+/// pipelined round trips (three plus the COPYs for a bulk write set):
+///
+/// 1. the precondition checks, then (not waiting for them) the version
+///    inserts, the removal of replaced versions' index rows, the `current`
+///    upsert (which returns each resource's `rid`) and the audit rows.
+///    PostgreSQL runs them in order, so the checks see the state before
+///    this write set; if one failed, the caller rolls the savepoint back,
+///    taking the writes that followed it;
+/// 2. the index rows, which need the `rid`s.
+///
+/// Returns the receipt (the first write's seq).
 async fn apply_write_set(
-    tx: &Transaction<'_>,
+    client: &Object,
     ws: &WriteSet,
     head: &mut Head,
 ) -> Result<CommitReceipt, StoreError> {
-    for p in &ws.preconditions {
-        check(tx, p).await?;
-    }
-    let first_seq = if ws.resources.is_empty() {
-        0
-    } else {
-        write_resources(tx, &ws.resources, head).await?
+    let start_head = *head;
+    let bulk = ws.resources.len() >= BULK_RESOURCES;
+    let plan = Plan::new(&ws.resources, head);
+    let records: Vec<&AuditRecord> = ws.audit.iter().collect();
+    let checks = check_all(client, &ws.preconditions);
+    let writes = async {
+        if plan.n == 0 {
+            return Ok(Vec::new());
+        }
+        let old_index = delete_old_index_rows(client, &plan);
+        let moved = upsert_current(client, &plan);
+        if bulk {
+            let (deleted, moved) = futures::future::join(old_index, moved).await;
+            deleted?;
+            moved
+        } else {
+            let (inserted, deleted, moved) =
+                futures::future::join3(insert_versions(client, &plan), old_index, moved).await;
+            inserted?;
+            deleted?;
+            moved
+        }
     };
-    append(tx, &ws.audit, head).await?;
-    Ok(CommitReceipt { first_seq })
+    let audit = append(client, &records, head);
+    let (checked, moved, audited) = futures::future::join3(checks, writes, audit).await;
+    // The checks' verdict first: a failed precondition is the answer even
+    // if the writes after it then failed too (they ran on its basis).
+    checked?;
+    let moved = moved?;
+    audited?;
+    if plan.n == 0 {
+        return Ok(CommitReceipt { first_seq: 0 });
+    }
+    if bulk {
+        copy_versions(client, &plan).await?;
+    }
+    let mut rid_of: HashMap<(&str, &str), i64> = HashMap::with_capacity(moved.len());
+    for r in &moved {
+        rid_of.insert((r.get(1), r.get(2)), r.get(0));
+    }
+    let mut rows = IndexRows::default();
+    for &i in &plan.current {
+        let w = &ws.resources[i];
+        if w.deleted {
+            continue;
+        }
+        let rid = rid_of
+            .get(&(w.resource_type.as_str(), w.id.as_str()))
+            .copied()
+            .ok_or_else(|| StoreError::Other(format!("no rid for {}/{}", w.resource_type, w.id)))?;
+        rows.add_resource(rid, w)?;
+    }
+    if bulk {
+        rows.copy(client).await?;
+    } else {
+        rows.insert(client).await?;
+    }
+    Ok(CommitReceipt {
+        first_seq: start_head.seq + 1,
+    })
 }
 
-async fn check(tx: &Transaction<'_>, p: &Precondition) -> Result<(), StoreError> {
-    match p {
-        Precondition::CurrentVersion {
-            resource_type,
-            id,
-            expected,
-        } => {
-            let stmt = tx
-                .prepare_cached("SELECT version FROM current WHERE type = $1 AND id = $2")
-                .await
-                .map_err(pg_err)?;
-            let found: Option<i64> = tx
-                .query_opt(&stmt, &[resource_type, id])
-                .await
-                .map_err(pg_err)?
-                .map(|r| r.get(0));
-            if found != *expected {
+/// Every precondition of a write set: all `CurrentVersion`s in one
+/// statement, each `SearchMatches` in its own, all pipelined.
+async fn check_all(client: &Object, preconditions: &[Precondition]) -> Result<(), StoreError> {
+    let mut types = Vec::new();
+    let mut ids = Vec::new();
+    let mut expected = Vec::new();
+    let mut searches = Vec::new();
+    for p in preconditions {
+        match p {
+            Precondition::CurrentVersion {
+                resource_type,
+                id,
+                expected: e,
+            } => {
+                types.push(resource_type.as_str());
+                ids.push(id.as_str());
+                expected.push(*e);
+            }
+            Precondition::SearchMatches {
+                query,
+                expected_ids,
+            } => searches.push((
+                build(query, Snapshot::Unbounded, Shape::Ids, crate::now_micros())?,
+                expected_ids,
+            )),
+        }
+    }
+    let versions = async {
+        if types.is_empty() {
+            return Ok(());
+        }
+        let stmt = client
+            .prepare_cached(CHECK_VERSIONS)
+            .await
+            .map_err(pg_err)?;
+        let rows = client.query(&stmt, &[&types, &ids]).await.map_err(pg_err)?;
+        let mut found: Vec<Option<i64>> = vec![None; types.len()];
+        for r in &rows {
+            let n: i64 = r.get(0);
+            if let Some(slot) = usize::try_from(n - 1).ok().and_then(|i| found.get_mut(i)) {
+                *slot = r.get(1);
+            }
+        }
+        for (i, (have, want)) in found.iter().zip(&expected).enumerate() {
+            if have != want {
                 return Err(StoreError::PreconditionFailed(format!(
-                    "{resource_type}/{id}: expected version {}, found {}",
-                    show(*expected),
-                    show(found)
+                    "{}/{}: expected version {}, found {}",
+                    types[i],
+                    ids[i],
+                    show(*want),
+                    show(*have)
                 )));
             }
         }
-        Precondition::SearchMatches {
-            query,
-            expected_ids,
-        } => {
-            // Inside the writer's transaction, after every earlier job of
-            // the batch: it sees exactly what this write set will commit on.
-            let sql = build(query, None, Shape::Ids, crate::now_micros())?;
-            let rows = tx.query(&sql.text, &sql.refs()).await.map_err(pg_err)?;
+        Ok(())
+    };
+    // Inside the writer's transaction, after every earlier job of the
+    // batch: each sees exactly what this write set will commit on.
+    let matches =
+        futures::future::join_all(searches.iter().map(|(sql, expected_ids)| async move {
+            let rows = client
+                .query_typed(&sql.text, &sql.typed())
+                .await
+                .map_err(pg_err)?;
             let mut found: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-            let mut expected = expected_ids.clone();
+            let mut expected: Vec<String> = (*expected_ids).clone();
             found.sort();
             found.dedup();
             expected.sort();
@@ -298,131 +776,182 @@ async fn check(tx: &Transaction<'_>, p: &Precondition) -> Result<(), StoreError>
                     "search now matches {found:?}, expected {expected:?}"
                 )));
             }
-        }
-    }
-    Ok(())
+            Ok(())
+        }));
+    let (versions, matches) = futures::future::join(versions, matches).await;
+    versions?;
+    matches.into_iter().collect()
 }
 
-fn show(v: Option<i64>) -> String {
-    v.map_or_else(|| "none".to_owned(), |v| v.to_string())
+/// A write set's versions as columns, with the seqs they take, and which
+/// of them become current.
+struct Plan<'a> {
+    n: usize,
+    seqs: Vec<i64>,
+    types: Vec<&'a str>,
+    ids: Vec<&'a str>,
+    versions: Vec<i64>,
+    updated: Vec<i64>,
+    deleted: Vec<bool>,
+    keys: Vec<Option<&'a str>>,
+    jsons: Vec<&'a [u8]>,
+    /// Index (into the write set) of each resource's last write: its
+    /// current version (a write set may carry several versions of one
+    /// resource, in increasing order), in write-set order.
+    current: Vec<usize>,
 }
 
-/// Insert every version, move `current`, replace index rows: a fixed number
-/// of statements per write set however many resources it holds (arrays
-/// bound as parameters and expanded by `unnest`), pipelined where they do
-/// not depend on each other. Returns the first write's seq.
-async fn write_resources(
-    tx: &Transaction<'_>,
-    writes: &[ResourceWrite],
-    head: &mut Head,
-) -> Result<i64, StoreError> {
-    let first_seq = head.seq + 1;
-    let n = writes.len();
-    let mut seqs = Vec::with_capacity(n);
-    let mut types = Vec::with_capacity(n);
-    let mut ids = Vec::with_capacity(n);
-    let mut versions = Vec::with_capacity(n);
-    let mut updated = Vec::with_capacity(n);
-    let mut deleted = Vec::with_capacity(n);
-    let mut keys = Vec::with_capacity(n);
-    let mut jsons: Vec<&[u8]> = Vec::with_capacity(n);
-    for w in writes {
-        head.seq += 1;
-        seqs.push(head.seq);
-        types.push(w.resource_type.as_str());
-        ids.push(w.id.as_str());
-        versions.push(w.version);
-        updated.push(w.last_updated);
-        deleted.push(w.deleted);
-        keys.push(w.patient_key.as_deref());
-        jsons.push(&w.json);
-    }
-    // The last write of each resource is its current version (a write set
-    // may carry several versions of one resource, in increasing order).
-    let mut last: HashMap<(&str, &str), usize> = HashMap::with_capacity(n);
-    for (i, w) in writes.iter().enumerate() {
-        last.insert((w.resource_type.as_str(), w.id.as_str()), i);
-    }
-    let mut cur: Vec<usize> = last.into_values().collect();
-    cur.sort_unstable();
-    let pick = |v: &dyn Fn(usize) -> i64| cur.iter().map(|&i| v(i)).collect::<Vec<i64>>();
-    let c_types: Vec<&str> = cur.iter().map(|&i| types[i]).collect();
-    let c_ids: Vec<&str> = cur.iter().map(|&i| ids[i]).collect();
-    let c_versions = pick(&|i| versions[i]);
-    let c_seqs = pick(&|i| seqs[i]);
-    let c_updated = pick(&|i| updated[i]);
-    let c_deleted: Vec<bool> = cur.iter().map(|&i| deleted[i]).collect();
-    let c_keys: Vec<Option<&str>> = cur.iter().map(|&i| keys[i]).collect();
-
-    let version_params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
-        &seqs, &types, &ids, &versions, &updated, &deleted, &keys, &jsons,
-    ];
-    let key_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&c_types, &c_ids];
-    let insert_versions = tx.execute(
-        "INSERT INTO resources (seq, type, id, version, last_updated, deleted, patient_key, json) \
-         SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], \
-                              $6::boolean[], $7::text[], $8::bytea[])",
-        &version_params,
-    );
-    let existing = tx.query(
-        "SELECT c.rid FROM current c \
-         JOIN unnest($1::text[], $2::text[]) AS u(type, id) ON c.type = u.type AND c.id = u.id",
-        &key_params,
-    );
-    // Pipelined: both go out before either answer is awaited.
-    let (inserted, existing) = futures::future::join(insert_versions, existing).await;
-    inserted.map_err(pg_err)?;
-    let old_rids: Vec<i64> = existing.map_err(pg_err)?.iter().map(|r| r.get(0)).collect();
-    if !old_rids.is_empty() {
-        // Index rows describe the current version only.
-        let deletes = crate::schema::INDEX_TABLES.iter().map(|table| {
-            let sql = format!("DELETE FROM {table} WHERE rid = ANY($1)");
-            let rids = &old_rids;
-            async move { tx.execute(&sql, &[rids]).await }
-        });
-        for r in futures::future::join_all(deletes).await {
-            r.map_err(pg_err)?;
+impl<'a> Plan<'a> {
+    fn new(writes: &'a [ResourceWrite], head: &mut Head) -> Self {
+        let n = writes.len();
+        let mut plan = Plan {
+            n,
+            seqs: Vec::with_capacity(n),
+            types: Vec::with_capacity(n),
+            ids: Vec::with_capacity(n),
+            versions: Vec::with_capacity(n),
+            updated: Vec::with_capacity(n),
+            deleted: Vec::with_capacity(n),
+            keys: Vec::with_capacity(n),
+            jsons: Vec::with_capacity(n),
+            current: Vec::new(),
+        };
+        for w in writes {
+            head.seq += 1;
+            plan.seqs.push(head.seq);
+            plan.types.push(w.resource_type.as_str());
+            plan.ids.push(w.id.as_str());
+            plan.versions.push(w.version);
+            plan.updated.push(w.last_updated);
+            plan.deleted.push(w.deleted);
+            plan.keys.push(w.patient_key.as_deref());
+            plan.jsons.push(&w.json);
         }
+        let mut last: HashMap<(&str, &str), usize> = HashMap::with_capacity(n);
+        for (i, w) in writes.iter().enumerate() {
+            last.insert((w.resource_type.as_str(), w.id.as_str()), i);
+        }
+        plan.current = last.into_values().collect();
+        plan.current.sort_unstable();
+        plan
     }
-    let moved = tx
-        .query(
-            "INSERT INTO current (type, id, version, seq, last_updated, deleted, patient_key) \
-             SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], \
-                                  $6::boolean[], $7::text[]) \
-             ON CONFLICT (type, id) DO UPDATE SET version = excluded.version, seq = excluded.seq, \
-                 last_updated = excluded.last_updated, deleted = excluded.deleted, \
-                 patient_key = excluded.patient_key \
-             RETURNING rid, type, id",
+
+    fn current_keys(&self) -> (Vec<&'a str>, Vec<&'a str>) {
+        (
+            self.current.iter().map(|&i| self.types[i]).collect(),
+            self.current.iter().map(|&i| self.ids[i]).collect(),
+        )
+    }
+}
+
+/// Every version of the write set, as one `unnest` insert.
+async fn insert_versions(client: &Object, plan: &Plan<'_>) -> Result<(), StoreError> {
+    let stmt = client
+        .prepare_cached(INSERT_VERSIONS)
+        .await
+        .map_err(pg_err)?;
+    client
+        .execute(
+            &stmt,
             &[
-                &c_types,
-                &c_ids,
-                &c_versions,
-                &c_seqs,
-                &c_updated,
-                &c_deleted,
-                &c_keys,
+                &plan.seqs,
+                &plan.types,
+                &plan.ids,
+                &plan.versions,
+                &plan.updated,
+                &plan.deleted,
+                &plan.keys,
+                &plan.jsons,
             ],
         )
         .await
         .map_err(pg_err)?;
-    let mut rid_of: HashMap<(String, String), i64> = HashMap::with_capacity(moved.len());
-    for r in &moved {
-        rid_of.insert((r.get(1), r.get(2)), r.get(0));
+    Ok(())
+}
+
+/// Every version of a bulk write set, by binary COPY.
+async fn copy_versions(client: &Object, plan: &Plan<'_>) -> Result<(), StoreError> {
+    let stmt = client
+        .prepare_cached(
+            "COPY resources (seq, type, id, version, last_updated, deleted, patient_key, json) \
+             FROM STDIN (FORMAT binary)",
+        )
+        .await
+        .map_err(pg_err)?;
+    let sink = client.copy_in(&stmt).await.map_err(pg_err)?;
+    let writer = BinaryCopyInWriter::new(
+        sink,
+        &[
+            Type::INT8,
+            Type::TEXT,
+            Type::TEXT,
+            Type::INT8,
+            Type::INT8,
+            Type::BOOL,
+            Type::TEXT,
+            Type::BYTEA,
+        ],
+    );
+    futures::pin_mut!(writer);
+    for i in 0..plan.n {
+        writer
+            .as_mut()
+            .write(&[
+                &plan.seqs[i],
+                &plan.types[i],
+                &plan.ids[i],
+                &plan.versions[i],
+                &plan.updated[i],
+                &plan.deleted[i],
+                &plan.keys[i],
+                &plan.jsons[i],
+            ])
+            .await
+            .map_err(pg_err)?;
     }
-    let mut rows = IndexRows::default();
-    for &i in &cur {
-        let w = &writes[i];
-        if w.deleted {
-            continue;
-        }
-        let rid = rid_of
-            .get(&(w.resource_type.clone(), w.id.clone()))
-            .copied()
-            .ok_or_else(|| StoreError::Other(format!("no rid for {}/{}", w.resource_type, w.id)))?;
-        rows.add_resource(rid, w)?;
-    }
-    rows.insert(tx).await?;
-    Ok(first_seq)
+    writer.finish().await.map_err(pg_err)?;
+    Ok(())
+}
+
+/// Index rows describe the current version only: remove those of every
+/// resource this write set replaces ([`DELETE_OLD_INDEX_ROWS`]; it rides
+/// in the first round trip).
+async fn delete_old_index_rows(client: &Object, plan: &Plan<'_>) -> Result<(), StoreError> {
+    let stmt = client
+        .prepare_cached(&DELETE_OLD_INDEX_ROWS)
+        .await
+        .map_err(pg_err)?;
+    let (types, ids) = plan.current_keys();
+    client
+        .execute(&stmt, &[&types, &ids])
+        .await
+        .map_err(pg_err)?;
+    Ok(())
+}
+
+/// Move `current` to each resource's last version; returns `(rid, type, id)`.
+async fn upsert_current(
+    client: &Object,
+    plan: &Plan<'_>,
+) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+    let (types, ids) = plan.current_keys();
+    let pick = |v: &[i64]| plan.current.iter().map(|&i| v[i]).collect::<Vec<i64>>();
+    let versions = pick(&plan.versions);
+    let seqs = pick(&plan.seqs);
+    let updated = pick(&plan.updated);
+    let deleted: Vec<bool> = plan.current.iter().map(|&i| plan.deleted[i]).collect();
+    let keys: Vec<Option<&str>> = plan.current.iter().map(|&i| plan.keys[i]).collect();
+    let stmt = client
+        .prepare_cached(UPSERT_CURRENT)
+        .await
+        .map_err(pg_err)?;
+    client
+        .query(
+            &stmt,
+            &[&types, &ids, &versions, &seqs, &updated, &deleted, &keys],
+        )
+        .await
+        .map_err(pg_err)
 }
 
 /// Index rows of one write set, column by column, per table.
@@ -623,100 +1152,240 @@ impl IndexRows {
         }
     }
 
-    /// One multi-row INSERT per non-empty table, all pipelined.
-    async fn insert(&self, tx: &Transaction<'_>) -> Result<(), StoreError> {
-        const BASE: &str = "rid, ord, type, param, patient_key, grp";
-        const BASE_T: &str =
-            "$1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[]";
-        let mut pending = Vec::new();
-        macro_rules! table {
-            ($c:ident = $cols:expr, $table:literal, $own:literal, $own_t:literal, [$($v:expr),*]) => {
-                if !$cols.rid.is_empty() {
-                    let $c = &$cols;
-                    let sql = format!(
-                        "INSERT INTO {} ({BASE}, {}) SELECT * FROM unnest({BASE_T}, {})",
-                        $table, $own, $own_t
-                    );
-                    pending.push(Box::pin(async move {
-                        tx.execute(
-                            &sql,
-                            &[&$c.rid, &$c.ord, &$c.ty, &$c.param, &$c.key, &$c.grp, $($v),*],
-                        )
-                        .await
-                    })
-                        as std::pin::Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + Send + '_>>);
-                }
-            };
+    /// The non-empty tables' rows, column by column.
+    fn tables(&self) -> Vec<TableRows<'_>> {
+        const BASE: [(&str, Type); 6] = [
+            ("rid", Type::INT8),
+            ("ord", Type::INT8),
+            ("type", Type::TEXT),
+            ("param", Type::TEXT),
+            ("patient_key", Type::TEXT),
+            ("grp", Type::INT8),
+        ];
+        fn table<'a, T>(
+            out: &mut Vec<TableRows<'a>>,
+            name: &'static str,
+            c: &'a Cols<T>,
+            own: Vec<(&'static str, Type, &'a dyn Column)>,
+        ) {
+            if c.rid.is_empty() {
+                return;
+            }
+            let base: [&'a dyn Column; 6] = [&c.rid, &c.ord, &c.ty, &c.param, &c.key, &c.grp];
+            let mut columns: Vec<(&'static str, Type, &'a dyn Column)> = BASE
+                .iter()
+                .zip(base)
+                .map(|((n, t), col)| (*n, t.clone(), col))
+                .collect();
+            columns.extend(own);
+            out.push(TableRows {
+                name,
+                len: c.rid.len(),
+                columns,
+            });
         }
-        table!(
-            c = self.token,
+        let mut out = Vec::new();
+        let t = &self.token.own;
+        table(
+            &mut out,
             "idx_token",
-            "system, code, text",
-            "$7::text[], $8::text[], $9::text[]",
-            [&c.own.system, &c.own.code, &c.own.text]
+            &self.token,
+            vec![
+                col("system", Type::TEXT, &t.system),
+                col("code", Type::TEXT, &t.code),
+                col("text", Type::TEXT, &t.text),
+            ],
         );
-        table!(
-            c = self.string,
+        let t = &self.string.own;
+        table(
+            &mut out,
             "idx_string",
-            "normalized, exact",
-            "$7::text[], $8::text[]",
-            [&c.own.normalized, &c.own.exact]
+            &self.string,
+            vec![
+                col("normalized", Type::TEXT, &t.normalized),
+                col("exact", Type::TEXT, &t.exact),
+            ],
         );
-        table!(
-            c = self.date,
+        let t = &self.date.own;
+        table(
+            &mut out,
             "idx_date",
-            "low, high",
-            "$7::bigint[], $8::bigint[]",
-            [&c.own.low, &c.own.high]
+            &self.date,
+            vec![
+                col("low", Type::INT8, &t.low),
+                col("high", Type::INT8, &t.high),
+            ],
         );
-        table!(
-            c = self.number,
+        table(
+            &mut out,
             "idx_number",
-            "value",
-            "$7::float8[]",
-            [&c.own.value]
+            &self.number,
+            vec![col("value", Type::FLOAT8, &self.number.own.value)],
         );
-        table!(
-            c = self.quantity,
+        let t = &self.quantity.own;
+        table(
+            &mut out,
             "idx_quantity",
-            "value, system, code, unit",
-            "$7::float8[], $8::text[], $9::text[], $10::text[]",
-            [&c.own.value, &c.own.system, &c.own.code, &c.own.unit]
+            &self.quantity,
+            vec![
+                col("value", Type::FLOAT8, &t.value),
+                col("system", Type::TEXT, &t.system),
+                col("code", Type::TEXT, &t.code),
+                col("unit", Type::TEXT, &t.unit),
+            ],
         );
-        table!(
-            c = self.reference,
+        let t = &self.reference.own;
+        table(
+            &mut out,
             "idx_reference",
-            "target_type, target_id, url",
-            "$7::text[], $8::text[], $9::text[]",
-            [&c.own.target_type, &c.own.target_id, &c.own.url]
+            &self.reference,
+            vec![
+                col("target_type", Type::TEXT, &t.target_type),
+                col("target_id", Type::TEXT, &t.target_id),
+                col("url", Type::TEXT, &t.url),
+            ],
         );
-        table!(c = self.uri, "idx_uri", "uri", "$7::text[]", [&c.own.uri]);
-        if !self.composite.rid.is_empty() {
+        table(
+            &mut out,
+            "idx_uri",
+            &self.uri,
+            vec![col("uri", Type::TEXT, &self.uri.own.uri)],
+        );
+        let c = &self.composite;
+        if !c.rid.is_empty() {
             // No `grp` column: composite rows are themselves the group.
-            let c = &self.composite;
-            pending.push(Box::pin(async move {
-                tx.execute(
-                    "INSERT INTO idx_composite (rid, ord, type, param, patient_key, parts) \
-                     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], \
-                                          $5::text[], $6::text[])",
-                    &[&c.rid, &c.ord, &c.ty, &c.param, &c.key, &c.own.parts],
-                )
-                .await
-            }));
+            out.push(TableRows {
+                name: "idx_composite",
+                len: c.rid.len(),
+                columns: vec![
+                    col("rid", Type::INT8, &c.rid),
+                    col("ord", Type::INT8, &c.ord),
+                    col("type", Type::TEXT, &c.ty),
+                    col("param", Type::TEXT, &c.param),
+                    col("patient_key", Type::TEXT, &c.key),
+                    col("parts", Type::TEXT, &c.own.parts),
+                ],
+            });
         }
-        for r in futures::future::join_all(pending).await {
+        out
+    }
+
+    /// One multi-row INSERT per non-empty table (arrays expanded by
+    /// `unnest`), all pipelined: one round trip.
+    async fn insert(&self, client: &Object) -> Result<(), StoreError> {
+        let tables = self.tables();
+        let mut statements = Vec::with_capacity(tables.len());
+        for t in &tables {
+            let casts: Vec<String> = t
+                .columns
+                .iter()
+                .enumerate()
+                .map(|(i, (_, ty, _))| format!("${}::{}[]", i + 1, sql_type(ty)))
+                .collect();
+            let sql = format!(
+                "INSERT INTO {} ({}) SELECT * FROM unnest({})",
+                t.name,
+                t.names(),
+                casts.join(", ")
+            );
+            statements.push(client.prepare_cached(&sql).await.map_err(pg_err)?);
+        }
+        let runs = tables.iter().zip(&statements).map(|(t, stmt)| {
+            let params: Vec<&(dyn ToSql + Sync)> =
+                t.columns.iter().map(|(_, _, c)| c.whole()).collect();
+            async move { client.execute(stmt, &params).await }
+        });
+        for r in futures::future::join_all(runs).await {
             r.map_err(pg_err)?;
+        }
+        Ok(())
+    }
+
+    /// Every non-empty table by binary COPY (bulk write sets).
+    async fn copy(&self, client: &Object) -> Result<(), StoreError> {
+        for t in self.tables() {
+            let stmt = client
+                .prepare_cached(&format!(
+                    "COPY {} ({}) FROM STDIN (FORMAT binary)",
+                    t.name,
+                    t.names()
+                ))
+                .await
+                .map_err(pg_err)?;
+            let sink = client.copy_in(&stmt).await.map_err(pg_err)?;
+            let types: Vec<Type> = t.columns.iter().map(|(_, ty, _)| ty.clone()).collect();
+            let writer = BinaryCopyInWriter::new(sink, &types);
+            futures::pin_mut!(writer);
+            let mut row: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(t.columns.len());
+            for i in 0..t.len {
+                row.clear();
+                row.extend(t.columns.iter().map(|(_, _, c)| c.at(i)));
+                writer.as_mut().write(&row).await.map_err(pg_err)?;
+            }
+            writer.finish().await.map_err(pg_err)?;
         }
         Ok(())
     }
 }
 
+/// A column of a [`TableRows`] (a function, so the reference coerces).
+fn col<'a>(
+    name: &'static str,
+    ty: Type,
+    values: &'a dyn Column,
+) -> (&'static str, Type, &'a dyn Column) {
+    (name, ty, values)
+}
+
+/// One index table's rows: its name and its columns (name, type, values).
+struct TableRows<'a> {
+    name: &'static str,
+    len: usize,
+    columns: Vec<(&'static str, Type, &'a dyn Column)>,
+}
+
+impl TableRows<'_> {
+    fn names(&self) -> String {
+        self.columns
+            .iter()
+            .map(|(n, _, _)| *n)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// A column of values: whole (an array parameter for `unnest`) or one row
+/// at a time (COPY).
+trait Column: Sync {
+    fn whole(&self) -> &(dyn ToSql + Sync);
+    fn at(&self, i: usize) -> &(dyn ToSql + Sync);
+}
+
+impl<T: ToSql + Sync> Column for Vec<T>
+where
+    Vec<T>: ToSql,
+{
+    fn whole(&self) -> &(dyn ToSql + Sync) {
+        self
+    }
+    fn at(&self, i: usize) -> &(dyn ToSql + Sync) {
+        &self[i]
+    }
+}
+
+/// The SQL name of a column type used by the index tables.
+fn sql_type(t: &Type) -> &'static str {
+    if *t == Type::INT8 {
+        "bigint"
+    } else if *t == Type::FLOAT8 {
+        "float8"
+    } else {
+        "text"
+    }
+}
+
 /// Chain and insert audit records after the head, advancing it.
-async fn append(
-    tx: &Transaction<'_>,
-    records: &[AuditRecord],
-    head: &mut Head,
-) -> Result<(), StoreError> {
+async fn append(tx: &Object, records: &[&AuditRecord], head: &mut Head) -> Result<(), StoreError> {
     if records.is_empty() {
         return Ok(());
     }
@@ -732,7 +1401,7 @@ async fn append(
     let mut action = Vec::with_capacity(n);
     let mut outcome = Vec::with_capacity(n);
     let mut break_glass = Vec::with_capacity(n);
-    for record in records {
+    for &record in records {
         at.push(record.recorded_at);
         patient.push(record.patient.as_deref());
         user.push(record.agent.user.as_deref());
@@ -763,18 +1432,10 @@ async fn append(
         &outcome,
         &break_glass,
     ];
-    let ledger = tx.execute(
-        "INSERT INTO audit_ledger (seq, record, hash) \
-         SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bytea[])",
-        &ledger_params,
-    );
-    let index = tx.execute(
-        "INSERT INTO audit_index (seq, recorded_at, patient, agent_user, agent_org, \
-             agent_client, action, outcome, break_glass) \
-         SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
-                              $6::text[], $7::text[], $8::text[], $9::boolean[])",
-        &index_params,
-    );
+    let ledger_stmt = tx.prepare_cached(AUDIT_LEDGER).await.map_err(pg_err)?;
+    let index_stmt = tx.prepare_cached(AUDIT_INDEX).await.map_err(pg_err)?;
+    let ledger = tx.execute(&ledger_stmt, &ledger_params);
+    let index = tx.execute(&index_stmt, &index_params);
     let (ledger, index) = futures::future::join(ledger, index).await;
     ledger.map_err(pg_err)?;
     index.map_err(pg_err)?;

@@ -246,3 +246,72 @@ async fn outage_fails_fast_loses_nothing_and_recovers() {
     );
     check.close().await;
 }
+
+/// Two servers on one database (the scale-out setup): each writer caches
+/// the head its last batch left and moves it by compare-and-swap, so when
+/// the other server has committed in between, the attempt is rolled back
+/// and redone on the locked head. Interleaved commits, audit appends and a
+/// precondition that races across the two must leave every acknowledged
+/// write stored, every conflicting create refused exactly once, and one
+/// gapless, correctly chained audit ledger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_stores_on_one_database_share_one_chain() {
+    let Some((first, db)) = common::fresh().await else {
+        return;
+    };
+    let first = Arc::new(first);
+    let second = Arc::new(
+        PostgresStore::connect(&db.url, common::test_options())
+            .await
+            .unwrap(),
+    );
+    let mut tasks = Vec::new();
+    for (s, store) in [Arc::clone(&first), Arc::clone(&second)]
+        .into_iter()
+        .enumerate()
+    {
+        tasks.push(tokio::spawn(async move {
+            let (mut created, mut refused) = (Vec::new(), 0_u32);
+            for i in 0..60 {
+                // Own ids, then one both servers race to create.
+                let own = format!("s{s}-{i}");
+                store.commit(create(&own)).await.unwrap();
+                created.push(own);
+                store.append_audit(vec![audit("read")]).await.unwrap();
+                match store.commit(create(&format!("both-{i}"))).await {
+                    Ok(_) => created.push(format!("both-{i}")),
+                    Err(StoreError::PreconditionFailed(_)) => refused += 1,
+                    Err(e) => panic!("store {s}: {e}"),
+                }
+            }
+            (created, refused)
+        }));
+    }
+    let (mut created, mut refused) = (Vec::new(), 0);
+    for t in tasks {
+        let (c, r) = t.await.unwrap();
+        created.extend(c);
+        refused += r;
+    }
+    assert_eq!(refused, 60, "each raced create refused exactly once");
+    assert_eq!(created.len(), 2 * 60 + 60);
+    let unique: BTreeSet<&String> = created.iter().collect();
+    assert_eq!(unique.len(), created.len(), "no id acknowledged twice");
+    for id in &created {
+        assert!(
+            second.read_current("Patient", id).await.unwrap().is_some(),
+            "acknowledged Patient/{id} lost"
+        );
+    }
+    let rows = first.audit_rows(0, 1_000_000).await.unwrap();
+    // One entry per stored create plus one per read append.
+    assert_eq!(rows.len(), created.len() + 2 * 60);
+    let mut prev = carelayer_audit::GENESIS_HASH;
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row.seq, i64::try_from(i).unwrap() + 1, "gapless");
+        assert_eq!(row.hash, carelayer_audit::chain_hash(&prev, &row.record));
+        prev = row.hash;
+    }
+    first.close().await;
+    second.close().await;
+}
