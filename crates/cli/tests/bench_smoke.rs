@@ -1,6 +1,7 @@
 //! `carelayer bench --quick` runs end to end: the table is printed with a
 //! row per workload, non-zero throughput and no errors, and the JSON file
-//! agrees. (Performance itself is measured by hand, not asserted here.)
+//! agrees; and the data-set bench runs SQLite and PostgreSQL side by side.
+//! (Performance itself is measured by hand, not asserted here.)
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -69,4 +70,93 @@ fn bench_quick_runs_create_and_read() {
     }
     // Reads read what the creates made.
     assert!(workloads[1]["data_size"].as_u64().unwrap() > 0);
+}
+
+/// The data-set bench on both backends side by side (issue 5): a tiny
+/// synthetic set imported into SQLite and into a scratch PostgreSQL
+/// database (created and dropped by the bench), every workload run on
+/// each, and the postgres/sqlite ratio per workload in the table and the
+/// JSON. Needs `CARELAYER_TEST_POSTGRES`; on CI its absence fails.
+#[test]
+fn bench_runs_sqlite_and_postgres_side_by_side() {
+    let Some(admin) = std::env::var("CARELAYER_TEST_POSTGRES")
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+    else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the PostgreSQL bench smoke: set CARELAYER_TEST_POSTGRES"
+        );
+        eprintln!("SKIPPED: CARELAYER_TEST_POSTGRES is not set");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let json_path = dir.path().join("bench.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_carelayer"))
+        .args([
+            "bench",
+            "--quick",
+            "--seconds",
+            "0.5",
+            "--patients",
+            "10",
+            "--backends",
+            "sqlite,postgres",
+            "--postgres",
+            &admin,
+            "--cache-dir",
+        ])
+        .arg(dir.path().join("cache"))
+        .arg("--json")
+        .arg(&json_path)
+        .env("CARELAYER_LOG", "warn")
+        .output()
+        .expect("run carelayer bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "bench failed: {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        output.status
+    );
+    assert!(
+        stdout.contains("postgres/sqlite"),
+        "no side-by-side ratio column:\n{stdout}"
+    );
+
+    let report: Value = serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    let workloads = [
+        "import",
+        "create",
+        "read",
+        "search-nhs",
+        "search-obs",
+        "transaction",
+        "everything",
+    ];
+    for server in ["carelayer/sqlite", "carelayer/postgres"] {
+        for workload in workloads {
+            let row = rows
+                .iter()
+                .find(|r| r["server"] == server && r["workload"] == workload)
+                .unwrap_or_else(|| panic!("no {server} {workload} row:\n{stdout}"));
+            assert!(row["rate"].as_f64().unwrap() > 0.0, "{row}\n{stderr}");
+            assert_eq!(row["errors"], 0, "{row}\n{stderr}");
+        }
+    }
+    let ratios = report["backend_ratios"].as_array().unwrap();
+    for workload in workloads {
+        let r = ratios
+            .iter()
+            .find(|r| r["workload"] == workload && r["backend"] == "postgres")
+            .unwrap_or_else(|| panic!("no postgres/sqlite ratio for {workload}"));
+        assert_eq!(r["over"], "sqlite");
+        assert!(r["ratio"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    // The scratch database is gone again.
+    assert!(
+        !stderr.contains("could not drop"),
+        "the scratch database was left behind:\n{stderr}"
+    );
 }

@@ -465,3 +465,123 @@ impl Store for PostgresStore {
         self.reads.close();
     }
 }
+
+/// A scratch database on the PostgreSQL server `admin` names (a URL to any
+/// database the user may `CREATE DATABASE` from): created empty by
+/// [`ScratchDatabase::create`], dropped by [`ScratchDatabase::drop_now`].
+/// `carelayer bench` runs each PostgreSQL bench on one, so a run never
+/// touches data of its own or anybody else's.
+#[derive(Debug)]
+pub struct ScratchDatabase {
+    admin: String,
+    name: String,
+    /// The new database's URL (the admin URL with its path replaced).
+    pub url: String,
+}
+
+impl ScratchDatabase {
+    /// Create database `name` (letters, digits and `_` only: it is spliced
+    /// into DDL, which takes no bound parameters).
+    ///
+    /// # Errors
+    /// [`StoreError::Other`] for a bad name or URL; [`StoreError::Unavailable`]
+    /// if the server cannot be reached or refuses.
+    pub async fn create(admin: &str, name: &str) -> Result<Self, StoreError> {
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(StoreError::Other(format!(
+                "bad scratch database name '{name}'"
+            )));
+        }
+        let url = with_database(admin, name)?;
+        admin_execute(admin, &format!("CREATE DATABASE {name}")).await?;
+        Ok(Self {
+            admin: admin.to_owned(),
+            name: name.to_owned(),
+            url,
+        })
+    }
+
+    /// Drop the database, closing any connection still open to it.
+    ///
+    /// # Errors
+    /// As [`ScratchDatabase::create`].
+    pub async fn drop_now(self) -> Result<(), StoreError> {
+        admin_execute(
+            &self.admin,
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        )
+        .await
+    }
+}
+
+/// `url` with its database (the path) replaced by `name`, query kept.
+fn with_database(url: &str, name: &str) -> Result<String, StoreError> {
+    let bad = || StoreError::Other("the PostgreSQL admin URL must be postgres://…".into());
+    let (scheme, rest) = url.split_once("://").ok_or_else(bad)?;
+    let (rest, query) = match rest.split_once('?') {
+        Some((r, q)) => (r, Some(q)),
+        None => (rest, None),
+    };
+    let authority = rest.split_once('/').map_or(rest, |(a, _)| a);
+    let mut out = format!("{scheme}://{authority}/{name}");
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    Ok(out)
+}
+
+/// One statement on its own connection (`CREATE DATABASE` refuses to run
+/// in a transaction block, so not through a pool's transaction helpers).
+async fn admin_execute(admin: &str, sql: &str) -> Result<(), StoreError> {
+    let (clean, options) = PostgresOptions::from_url(admin)?;
+    let config = pg_config(&clean, &options)?;
+    let (client, connection) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(error::pg_err)?;
+    let task = tokio::spawn(connection);
+    let result = client.batch_execute(sql).await.map_err(error::pg_err);
+    drop(client);
+    let _ = task.await;
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scratch_urls_keep_authority_and_query() {
+        assert_eq!(
+            with_database("postgres://postgres@127.0.0.1:5432/postgres", "x_1").ok(),
+            Some("postgres://postgres@127.0.0.1:5432/x_1".to_owned())
+        );
+        assert_eq!(
+            with_database("postgresql://u:p@h/db?pool_size=2", "x").ok(),
+            Some("postgresql://u:p@h/x?pool_size=2".to_owned())
+        );
+        assert_eq!(
+            with_database("postgres://h:5432", "x").ok(),
+            Some("postgres://h:5432/x".to_owned())
+        );
+        assert!(with_database("host=h dbname=d", "x").is_err());
+    }
+
+    #[test]
+    fn url_settings_are_taken_out() {
+        let (url, o) = PostgresOptions::from_url(
+            "postgres://h/db?statement_timeout=2s&connect_timeout=4&audit_sync=commit&application_name=a",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(url, "postgres://h/db?application_name=a");
+        assert_eq!(o.statement_timeout, Duration::from_secs(2));
+        assert_eq!(o.connect_timeout, Duration::from_secs(4));
+        assert_eq!(o.audit_sync, AuditSync::Commit);
+        assert!(PostgresOptions::from_url("postgres://h/db?audit_sync=maybe").is_err());
+    }
+}

@@ -99,6 +99,25 @@ pub struct BenchArgs {
     /// measure what policy costs.
     #[arg(long)]
     pub policy_off: bool,
+    /// Storage backends to run the data-set bench on, side by side, in
+    /// this order (`sqlite`, `postgres`); the table ends with each one's
+    /// rate over the first's per workload.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "sqlite",
+        requires = "patients"
+    )]
+    pub backends: Vec<String>,
+    /// The PostgreSQL server for the `postgres` backend: a URL to a
+    /// database the user may `CREATE DATABASE` from. Each run creates a
+    /// uniquely named scratch database there and drops it afterwards.
+    #[arg(
+        long,
+        env = "CARELAYER_BENCH_POSTGRES",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    pub postgres: String,
 }
 
 /// The token the bench's load clients present to an in-process server:
@@ -259,7 +278,23 @@ async fn run_suite(args: BenchArgs, patients: u64) -> anyhow::Result<()> {
         Some(n) => Limit::Requests(n),
         None => Limit::Duration(Duration::from_secs_f64(args.seconds)),
     };
+    let mut backends = Vec::new();
+    for b in &args.backends {
+        let backend = match b.as_str() {
+            "sqlite" => suite::Backend::Sqlite,
+            "postgres" | "postgresql" | "pg" => suite::Backend::Postgres(args.postgres.clone()),
+            other => bail!("unknown backend '{other}'; known: sqlite, postgres"),
+        };
+        if backends.contains(&backend) {
+            bail!("backend '{b}' named twice in --backends");
+        }
+        backends.push(backend);
+    }
+    if backends.is_empty() {
+        bail!("--backends names no backend");
+    }
     suite::run(suite::SuiteArgs {
+        backends,
         patients,
         seed: args.seed,
         clients: args.clients,

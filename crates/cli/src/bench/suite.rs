@@ -1,9 +1,12 @@
 //! The data-set bench (`carelayer bench --patients N`): synthetic UK data
-//! (`carelayer synth`, cached per size and seed), bulk import, then search,
-//! read, small-transaction and `$everything` workloads over that data, on
-//! carelayer (in-process, SQLite, policy and audit on) and optionally on a
-//! peer (`--peer hfs`) loaded with the same data, with the ratio
-//! carelayer/peer per workload, as a table and JSON.
+//! (`carelayer synth`, cached per size and seed), bulk import, then create,
+//! search, read, small-transaction and `$everything` workloads over that
+//! data, on carelayer (in-process, policy and audit on) on each backend of
+//! `--backends` in turn (SQLite in a temporary folder, PostgreSQL in a
+//! scratch database created for the run and dropped after it), and
+//! optionally on a peer (`--peer hfs`) loaded with the same data. The table
+//! and the JSON give every backend's rate over the first backend's per
+//! workload (e.g. postgres/sqlite), and the first backend's over the peer's.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -13,17 +16,19 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use carelayer_http::HttpConfig;
 use carelayer_records::{AuditChannel, Caller, RecordsOptions};
+use carelayer_store_postgres::ScratchDatabase;
 use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::bench::driver::{self, Limit, Stats};
 use crate::bench::peer::{self, Peer};
-use crate::bench::workload::{Request, Workload};
+use crate::bench::workload::{self as basic, Created, Request, Workload};
 use crate::import::{ImportArgs, Sink, Via};
 use crate::synth::Rng;
 
 /// Workloads of the data-set bench.
 pub(crate) const SUITE_WORKLOADS: &[&str] = &[
+    "create",
     "read",
     "search-nhs",
     "search-obs",
@@ -34,8 +39,27 @@ pub(crate) const SUITE_WORKLOADS: &[&str] = &[
     "everything",
 ];
 
+/// A storage backend the suite runs carelayer on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Backend {
+    /// A SQLite file in a temporary folder.
+    Sqlite,
+    /// A scratch database on the PostgreSQL server this admin URL names.
+    Postgres(String),
+}
+
+impl Backend {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres(_) => "postgres",
+        }
+    }
+}
+
 /// What the suite needs from the command line.
 pub(crate) struct SuiteArgs {
+    pub backends: Vec<Backend>,
     pub patients: u64,
     pub seed: u64,
     pub clients: usize,
@@ -51,7 +75,8 @@ pub(crate) struct SuiteArgs {
 /// One measured row.
 #[derive(Debug, Clone)]
 struct Row {
-    server: &'static str,
+    /// `carelayer/<backend>` or the peer's name.
+    server: String,
     workload: String,
     requests: u64,
     errors: u64,
@@ -94,38 +119,10 @@ pub(crate) async fn run(args: SuiteArgs) -> anyhow::Result<()> {
     );
     let mut rows = Vec::new();
 
-    // carelayer, in-process on a temporary SQLite database.
-    {
-        let dir = tempfile::Builder::new()
-            .prefix("carelayer-bench-")
-            .tempdir()?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let server = crate::server::start(
-            crate::server::ServerConfig {
-                database: format!("sqlite://{}/bench.db", dir.path().display()),
-                http: HttpConfig::default(),
-                records: RecordsOptions {
-                    // Off only for `--no-read-audit`, to measure audit overhead.
-                    audit: carelayer_records::AuditOptions {
-                        audit_reads: !args.no_read_audit,
-                        ..carelayer_records::AuditOptions::default()
-                    },
-                    ..RecordsOptions::default()
-                },
-                demo: false,
-            },
-            listener,
-        )
-        .await?;
-        let sink = Sink::Records {
-            records: Arc::clone(&server.records),
-            caller: Caller::local_operator(AuditChannel::Cli),
-        };
-        rows.push(load("carelayer", &data, &sink, None, dir.path()).await?);
-        let token = super::bench_token(&server, args.policy_off)?;
-        let client = driver::client(args.clients, Some(&token))?;
-        rows.extend(workloads("carelayer", &args, &data, &client, &server.base_url, None).await);
-        server.stop().await?;
+    // carelayer, in-process, on each backend in turn (never two at once:
+    // they would share the cores).
+    for backend in &args.backends {
+        rows.extend(run_backend(backend, &args, &data).await?);
     }
 
     // The peer, loaded with the same data through transaction Bundles.
@@ -140,21 +137,33 @@ pub(crate) async fn run(args: SuiteArgs) -> anyhow::Result<()> {
         hfs.stop();
     }
 
-    let table = table(&rows, &args, &data);
+    let baseline = label(&args.backends[0]);
+    let table = table(&rows, &args, &data, &baseline);
     print!("{table}");
     if let Some(path) = &args.json {
+        let over = args.backends[0].name();
+        let mut backend_ratios: Vec<Value> = Vec::new();
+        for b in &args.backends[1..] {
+            for (w, r) in ratios(&rows, &label(b), &baseline) {
+                backend_ratios
+                    .push(json!({"workload": w, "backend": b.name(), "over": over, "ratio": r}));
+            }
+        }
         let body = json!({
             "patients": args.patients,
             "seed": args.seed,
             "resources": data.resources,
             "clients": args.clients,
             "limit": args.limit.describe(),
+            "backends": args.backends.iter().map(Backend::name).collect::<Vec<_>>(),
+            "cpus": std::thread::available_parallelism().map_or(0, std::num::NonZeroUsize::get),
             "rows": rows.iter().map(|r| json!({
                 "server": r.server, "workload": r.workload, "requests": r.requests,
                 "errors": r.errors, "rate": r.rate, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms,
                 "cpu_cores": r.cpu_cores, "peak_mib": r.peak_mib, "error_samples": r.error_samples,
             })).collect::<Vec<_>>(),
-            "ratios": ratios(&rows).into_iter().map(|(w, r)| json!({"workload": w, "carelayer_over_peer": r})).collect::<Vec<_>>(),
+            "backend_ratios": backend_ratios,
+            "ratios": peer_ratios(&rows, &baseline).into_iter().map(|(w, r)| json!({"workload": w, "carelayer_over_peer": r})).collect::<Vec<_>>(),
             "note": "the peer (HFS) does no validation, consent or audit on these paths; carelayer runs with policy and audit on",
         });
         std::fs::write(path, serde_json::to_vec_pretty(&body)?)
@@ -162,6 +171,101 @@ pub(crate) async fn run(args: SuiteArgs) -> anyhow::Result<()> {
         eprintln!("bench: results written to {}", path.display());
     }
     Ok(())
+}
+
+/// The `server` column of a backend's rows.
+fn label(backend: &Backend) -> String {
+    format!("carelayer/{}", backend.name())
+}
+
+/// A unique scratch database name: process id and the time, so two runs
+/// (or a run and a leftover of a killed one) never collide.
+fn scratch_name() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("carelayer_bench_{}_{nanos}", std::process::id())
+}
+
+/// Start carelayer on `backend`, import the data, run the workloads, stop,
+/// and remove the database whatever happened.
+async fn run_backend(
+    backend: &Backend,
+    args: &SuiteArgs,
+    data: &Dataset,
+) -> anyhow::Result<Vec<Row>> {
+    let dir = tempfile::Builder::new()
+        .prefix("carelayer-bench-")
+        .tempdir()?;
+    let (database, scratch) = match backend {
+        Backend::Sqlite => (format!("sqlite://{}/bench.db", dir.path().display()), None),
+        Backend::Postgres(admin) => {
+            let db = ScratchDatabase::create(admin, &scratch_name())
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot create a scratch database on {} (--postgres)",
+                        crate::backend::redact(admin)
+                    )
+                })?;
+            (db.url.clone(), Some(db))
+        }
+    };
+    eprintln!("bench: carelayer on {}", crate::backend::redact(&database));
+    let result = measure_backend(backend, &database, dir.path(), args, data).await;
+    if let Some(db) = scratch
+        && let Err(e) = db.drop_now().await
+    {
+        eprintln!("bench: warning: could not drop the scratch database: {e}");
+    }
+    result
+}
+
+async fn measure_backend(
+    backend: &Backend,
+    database: &str,
+    scratch: &Path,
+    args: &SuiteArgs,
+    data: &Dataset,
+) -> anyhow::Result<Vec<Row>> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let server = crate::server::start(
+        crate::server::ServerConfig {
+            database: database.to_owned(),
+            http: HttpConfig::default(),
+            records: RecordsOptions {
+                audit: carelayer_records::AuditOptions {
+                    // Off only for `--no-read-audit`, to measure audit overhead.
+                    audit_reads: !args.no_read_audit,
+                    // PostgreSQL has no file beside which keys could live.
+                    key_dir: Some(scratch.to_path_buf()),
+                    ..carelayer_records::AuditOptions::default()
+                },
+                ..RecordsOptions::default()
+            },
+            demo: false,
+        },
+        listener,
+    )
+    .await?;
+    let name = label(backend);
+    let sink = Sink::Records {
+        records: Arc::clone(&server.records),
+        caller: Caller::local_operator(AuditChannel::Cli),
+    };
+    let mut rows = Vec::new();
+    let measured = async {
+        rows.push(load(&name, data, &sink, None, scratch).await?);
+        let token = super::bench_token(&server, args.policy_off)?;
+        let client = driver::client(args.clients, Some(&token))?;
+        rows.extend(workloads(&name, args, data, &client, &server.base_url, None).await);
+        anyhow::Ok(())
+    }
+    .await;
+    drop(sink);
+    server.stop().await?;
+    measured?;
+    Ok(rows)
 }
 
 /// Generate the data set, or reuse the cached one.
@@ -225,7 +329,7 @@ fn dataset(args: &SuiteArgs) -> anyhow::Result<Dataset> {
 }
 
 async fn load(
-    server: &'static str,
+    server: &str,
     data: &Dataset,
     sink: &Sink,
     pid: Option<u32>,
@@ -250,7 +354,7 @@ async fn load(
         summary.rejected.len()
     );
     Ok(Row {
-        server,
+        server: server.to_owned(),
         workload: "import".into(),
         requests: summary.written(),
         errors: summary.rejected.len() as u64,
@@ -269,7 +373,7 @@ async fn load(
 }
 
 async fn workloads(
-    server: &'static str,
+    server: &str,
     args: &SuiteArgs,
     data: &Dataset,
     client: &reqwest::Client,
@@ -282,9 +386,13 @@ async fn workloads(
         observations: data.observations.clone(),
         seed: args.seed,
     });
+    // `create` adds new Patients and Observations about them (the synth
+    // data set is left as it is for the other workloads to find).
+    let created = Arc::new(Created::default());
     let mut rows = Vec::new();
     for name in &args.workloads {
         let workload: Arc<dyn Workload> = match name.as_str() {
+            "create" => Arc::new(basic::Create::new(Arc::clone(&created))),
             "read" => Arc::new(Read(Arc::clone(&shared))),
             "search-nhs" => Arc::new(SearchNhs(Arc::clone(&shared))),
             "search-obs" => Arc::new(SearchObs(Arc::clone(&shared))),
@@ -311,15 +419,9 @@ async fn workloads(
     rows
 }
 
-fn row(
-    server: &'static str,
-    name: &str,
-    stats: &Stats,
-    cpu: Option<f64>,
-    peak: Option<f64>,
-) -> Row {
+fn row(server: &str, name: &str, stats: &Stats, cpu: Option<f64>, peak: Option<f64>) -> Row {
     Row {
-        server,
+        server: server.to_owned(),
         workload: name.to_owned(),
         requests: stats.requests(),
         errors: stats.errors,
@@ -332,23 +434,33 @@ fn row(
     }
 }
 
-fn ratios(rows: &[Row]) -> Vec<(String, f64)> {
+/// Per workload, the rate of `server` over the rate of `over`.
+fn ratios(rows: &[Row], server: &str, over: &str) -> Vec<(String, f64)> {
     rows.iter()
-        .filter(|r| r.server == "carelayer")
+        .filter(|r| r.server == server)
         .filter_map(|c| {
             rows.iter()
-                .find(|p| p.server != "carelayer" && p.workload == c.workload)
+                .find(|p| p.server == over && p.workload == c.workload)
                 .filter(|p| p.rate > 0.0)
                 .map(|p| (c.workload.clone(), c.rate / p.rate))
         })
         .collect()
 }
 
-fn table(rows: &[Row], args: &SuiteArgs, data: &Dataset) -> String {
+/// The first backend over the peer, per workload.
+fn peer_ratios(rows: &[Row], baseline: &str) -> Vec<(String, f64)> {
+    let peer = rows
+        .iter()
+        .find(|r| !r.server.starts_with("carelayer/"))
+        .map(|r| r.server.clone());
+    peer.map_or_else(Vec::new, |p| ratios(rows, baseline, &p))
+}
+
+fn table(rows: &[Row], args: &SuiteArgs, data: &Dataset, baseline: &str) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "carelayer bench: {} patients / {} resources (seed {}), {} clients, {} per workload, {} build",
+        "carelayer bench: {} patients / {} resources (seed {}), {} clients, {} per workload, {} build, {} CPUs",
         args.patients,
         data.resources,
         args.seed,
@@ -358,11 +470,12 @@ fn table(rows: &[Row], args: &SuiteArgs, data: &Dataset) -> String {
             "debug"
         } else {
             "release"
-        }
+        },
+        std::thread::available_parallelism().map_or(0, std::num::NonZeroUsize::get),
     );
     let _ = writeln!(
         out,
-        "{:<10} {:<12} {:>9} {:>11} {:>8} {:>8} {:>7} {:>9} {:>9}",
+        "{:<18} {:<12} {:>9} {:>11} {:>8} {:>8} {:>7} {:>9} {:>9}",
         "server",
         "workload",
         "requests",
@@ -376,7 +489,7 @@ fn table(rows: &[Row], args: &SuiteArgs, data: &Dataset) -> String {
     for r in rows {
         let _ = writeln!(
             out,
-            "{:<10} {:<12} {:>9} {:>11.1} {:>8.2} {:>8.2} {:>7} {:>9} {:>9}",
+            "{:<18} {:<12} {:>9} {:>11.1} {:>8.2} {:>8.2} {:>7} {:>9} {:>9}",
             r.server,
             r.workload,
             r.requests,
@@ -396,13 +509,71 @@ fn table(rows: &[Row], args: &SuiteArgs, data: &Dataset) -> String {
             );
         }
     }
-    let ratios = ratios(rows);
-    if !ratios.is_empty() {
+    if args.backends.len() > 1 {
+        // Side by side: one line per workload, a column per backend, then
+        // each backend's rate over the first's.
+        let labels: Vec<String> = args.backends.iter().map(label).collect();
+        let _ = write!(
+            out,
+            "\nside by side (rate/s, p99 ms in brackets):\n{:<12}",
+            "workload"
+        );
+        for b in &args.backends {
+            let _ = write!(out, " {:>22}", b.name());
+        }
+        for b in &args.backends[1..] {
+            let _ = write!(
+                out,
+                " {:>16}",
+                format!("{}/{}", b.name(), args.backends[0].name())
+            );
+        }
+        out.push('\n');
+        let mut seen: Vec<&str> = Vec::new();
+        for r in rows.iter().filter(|r| r.server == baseline) {
+            if seen.contains(&r.workload.as_str()) {
+                continue;
+            }
+            seen.push(&r.workload);
+            let _ = write!(out, "{:<12}", r.workload);
+            for l in &labels {
+                let cell = rows
+                    .iter()
+                    .find(|x| &x.server == l && x.workload == r.workload)
+                    .map_or_else(
+                        || "-".to_owned(),
+                        |x| {
+                            if x.workload == "import" {
+                                format!("{:.0}", x.rate)
+                            } else {
+                                format!("{:.0} ({:.1})", x.rate, x.p99_ms)
+                            }
+                        },
+                    );
+                let _ = write!(out, " {cell:>22}");
+            }
+            for l in &labels[1..] {
+                let ratio = ratios(rows, l, baseline)
+                    .into_iter()
+                    .find(|(w, _)| *w == r.workload)
+                    .map_or_else(|| "-".to_owned(), |(_, x)| format!("{x:.2}"));
+                let _ = write!(out, " {ratio:>16}");
+            }
+            out.push('\n');
+        }
         let _ = writeln!(
             out,
-            "ratio carelayer/hfs (rate; > 1 means carelayer is faster):"
+            "(ratio < 1: slower than {}; import rate = resources/s, in-process)",
+            args.backends[0].name()
         );
-        for (w, r) in ratios {
+    }
+    let peer = peer_ratios(rows, baseline);
+    if !peer.is_empty() {
+        let _ = writeln!(
+            out,
+            "ratio {baseline}/hfs (rate; > 1 means carelayer is faster):"
+        );
+        for (w, r) in peer {
             let _ = writeln!(out, "  {w:<12} {r:>8.2}");
         }
         let _ = writeln!(
