@@ -294,6 +294,29 @@ impl Builder {
             self.sql.push("FALSE");
             return Ok(());
         }
+        if clause.any_of.len() > 1
+            && clause
+                .any_of
+                .iter()
+                .all(|p| matches!(p, Predicate::Index { .. }))
+        {
+            // Index tests ORed (several values, a reference by id or by
+            // URL): one `IN` over their union, which PostgreSQL drives from
+            // the index lookups. `IN (…) OR IN (…)` is no semi-join: it
+            // tests every row of the type against both (a patient's
+            // observations by subject and code took 50 ms on 45k resources).
+            let _ = write!(self.sql.text, "{c}.rid IN (");
+            for (i, p) in clause.any_of.iter().enumerate() {
+                if i > 0 {
+                    self.sql.push(" UNION ALL ");
+                }
+                if let Predicate::Index { param, test } = p {
+                    self.index_subquery(param, test)?;
+                }
+            }
+            self.sql.push(")");
+            return Ok(());
+        }
         self.sql.push("(");
         for (i, p) in clause.any_of.iter().enumerate() {
             if i > 0 {

@@ -153,7 +153,20 @@ pub(crate) async fn run(
     // The head the last batch committed, while nothing has failed since.
     let mut cached: Option<Head> = None;
     loop {
-        let Some(first) = rx.recv().await else {
+        // After a bulk load, the last stretch of it is analysed once the
+        // load pauses (see `Statistics`), also if nothing else comes.
+        let next = if stats.since > 0 {
+            match tokio::time::timeout(LOAD_PAUSE, rx.recv()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    stats.refresh_if_due(&pool);
+                    continue;
+                }
+            }
+        } else {
+            rx.recv().await
+        };
+        let Some(first) = next else {
             return;
         };
         batch.push(first);
@@ -193,19 +206,36 @@ pub(crate) async fn run(
 /// Keeps the planner's statistics in step with bulk loads. Autovacuum
 /// analyses a table only after a minute's nap and a 10% change, so right
 /// after an import into a new database every search would be planned as
-/// if the tables were empty (a hash join over a scan where an index
-/// lookup was wanted). So after bulk write sets have added as many rows as
-/// the last analysis saw (and at least `FIRST_ANALYZE`), the writer starts
-/// an `ANALYZE` in the background: a handful of times over any load
-/// (sizes double in between), never two at once.
-#[derive(Default)]
+/// if the tables were empty or held only what came first (a bench import
+/// loads Patients last: planned as if there were none, an NHS-number
+/// search walked every Patient). So the writer starts an `ANALYZE` in the
+/// background after bulk write sets have added as many rows as the last
+/// analysis saw (and at least `FIRST_ANALYZE`), which is a handful of
+/// times over any load (sizes double in between), and once more when the
+/// load pauses for `LOAD_PAUSE`; never two at once.
 struct Statistics {
     /// Resources written by bulk write sets since the last `ANALYZE`.
     since: u64,
     /// Resources bulk-written when the last one started.
     at_last: u64,
+    /// When the last bulk write set came.
+    last_bulk: std::time::Instant,
     running: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
+
+impl Default for Statistics {
+    fn default() -> Self {
+        Self {
+            since: 0,
+            at_last: 0,
+            last_bulk: std::time::Instant::now(),
+            running: std::sync::Arc::default(),
+        }
+    }
+}
+
+/// A bulk load has paused (or ended) when no bulk write set came for this long.
+const LOAD_PAUSE: Duration = Duration::from_secs(1);
 
 /// Bulk-written resources before the first `ANALYZE`.
 const FIRST_ANALYZE: u64 = 5_000;
@@ -217,14 +247,16 @@ impl Statistics {
                 && ws.resources.len() >= BULK_RESOURCES
             {
                 self.since += ws.resources.len() as u64;
+                self.last_bulk = std::time::Instant::now();
             }
         }
     }
 
     fn refresh_if_due(&mut self, pool: &Pool) {
         use std::sync::atomic::Ordering;
-        if self.since < FIRST_ANALYZE.max(self.at_last) || self.running.swap(true, Ordering::AcqRel)
-        {
+        let grown = self.since >= FIRST_ANALYZE.max(self.at_last);
+        let paused = self.since > 0 && self.last_bulk.elapsed() >= LOAD_PAUSE;
+        if !(grown || paused) || self.running.swap(true, Ordering::AcqRel) {
             return;
         }
         self.at_last += self.since;
