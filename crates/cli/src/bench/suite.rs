@@ -515,7 +515,7 @@ fn table(rows: &[Row], args: &SuiteArgs, data: &Dataset, baseline: &str) -> Stri
         let labels: Vec<String> = args.backends.iter().map(label).collect();
         let _ = write!(
             out,
-            "\nside by side (rate/s, p99 ms in brackets):\n{:<12}",
+            "\nside by side (rate/s, p99 ms in brackets):\n{:<16}",
             "workload"
         );
         for b in &args.backends {
@@ -535,7 +535,7 @@ fn table(rows: &[Row], args: &SuiteArgs, data: &Dataset, baseline: &str) -> Stri
                 continue;
             }
             seen.push(&r.workload);
-            let _ = write!(out, "{:<12}", r.workload);
+            let _ = write!(out, "{:<16}", r.workload);
             for l in &labels {
                 let cell = rows
                     .iter()
