@@ -376,6 +376,14 @@ impl Store for PostgresStore {
             .await
     }
 
+    async fn read_current_many(
+        &self,
+        keys: &[(String, String)],
+    ) -> Result<Vec<Option<StoredResource>>, StoreError> {
+        self.read(|c| async move { read::current_many(&c, keys).await.map(|r| (c, r)) })
+            .await
+    }
+
     async fn read_version(
         &self,
         resource_type: &str,

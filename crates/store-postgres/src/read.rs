@@ -47,6 +47,49 @@ pub(crate) async fn current(
     Ok(row.as_ref().map(resource))
 }
 
+/// The current versions of many resources in one statement, in the order
+/// asked, `None` for those that do not exist. Each key is its own probe of
+/// the `(type, id)` unique index and then of `resources` by seq (a
+/// correlated subquery in a `LATERAL`, never a join the planner could turn
+/// into a scan of either table).
+pub(crate) async fn current_many(
+    client: &Object,
+    keys: &[(String, String)],
+) -> Result<Vec<Option<StoredResource>>, StoreError> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let stmt = client
+        .prepare_cached(&format!(
+            "SELECT u.n, {RESOURCE_COLUMNS} \
+             FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(type, id, n) \
+             CROSS JOIN LATERAL (SELECT * FROM resources x WHERE x.seq = \
+                 (SELECT c.seq FROM current c WHERE c.type = u.type AND c.id = u.id)) r"
+        ))
+        .await
+        .map_err(pg_err)?;
+    let types: Vec<&str> = keys.iter().map(|(t, _)| t.as_str()).collect();
+    let ids: Vec<&str> = keys.iter().map(|(_, i)| i.as_str()).collect();
+    let rows = client.query(&stmt, &[&types, &ids]).await.map_err(pg_err)?;
+    let mut out: Vec<Option<StoredResource>> = vec![None; keys.len()];
+    for row in &rows {
+        let n: i64 = row.get(0);
+        if let Some(slot) = usize::try_from(n - 1).ok().and_then(|i| out.get_mut(i)) {
+            *slot = Some(StoredResource {
+                resource_type: row.get(1),
+                id: row.get(2),
+                version: row.get(3),
+                seq: row.get(4),
+                last_updated: row.get(5),
+                deleted: row.get(6),
+                patient_key: row.get(7),
+                json: row.get(8),
+            });
+        }
+    }
+    Ok(out)
+}
+
 pub(crate) async fn version(
     client: &Object,
     t: &str,
