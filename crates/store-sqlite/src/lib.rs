@@ -189,13 +189,17 @@ impl SqliteStore {
             },
         )?;
         let backlog = writer::IndexBacklog::new(index_oldest);
+        let wal = writer::WalLimit {
+            path: wal_path(path),
+            max_bytes: WAL_RESTART_BYTES,
+        };
         let group = writer::GroupCommit {
             max_batch,
             window: options.audit_group_window,
         };
         let handle = std::thread::Builder::new()
             .name("carelayer-sqlite-writer".into())
-            .spawn(move || writer::run(conn, rx, head, group, unsynced, backlog))
+            .spawn(move || writer::run(conn, rx, head, group, unsynced, backlog, wal))
             .map_err(|e| StoreError::Other(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
             path: path.to_path_buf(),
@@ -292,9 +296,7 @@ fn start_checkpointer(
     ticker: IndexTicker,
 ) -> Result<(mpsc::Sender<()>, JoinHandle<()>), StoreError> {
     let conn = Connection::open_with_flags(path, reader_flags()).map_err(sql_err)?;
-    let mut wal = path.as_os_str().to_owned();
-    wal.push("-wal");
-    let wal = PathBuf::from(wal);
+    let wal = wal_path(path);
     // fsync the WAL if the writer committed audit-only batches without it.
     let sync_wal = move || {
         if let Some(flag) = &unsynced
@@ -360,6 +362,16 @@ impl IndexTicker {
             let _ = tx.try_send(Job::IndexTick);
         }
     }
+}
+
+/// The WAL size past which the writer restarts it (see `writer::WalLimit`).
+const WAL_RESTART_BYTES: u64 = 256 * 1024 * 1024;
+
+/// `PATH-wal`, SQLite's WAL file for the database at `path`.
+fn wal_path(path: &Path) -> PathBuf {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    PathBuf::from(wal)
 }
 
 /// Flags for reader connections: read/write open (WAL readers need the shm

@@ -213,6 +213,7 @@ pub(crate) fn run(
     group: GroupCommit,
     unsynced: Option<Arc<AtomicBool>>,
     mut backlog: IndexBacklog,
+    wal: WalLimit,
 ) {
     let mut sync = SyncMode {
         relaxed: false,
@@ -284,11 +285,56 @@ pub(crate) fn run(
         for reply in barriers.drain(..) {
             let _ = reply.send(Ok(()));
         }
+        wal.keep_bounded(&conn);
         if let Some(reply) = closing {
             let _ = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)");
             drop(conn);
             let _ = reply.send(());
             return;
+        }
+    }
+}
+
+/// Keeps the WAL file from growing without bound under sustained writes.
+///
+/// Why: the checkpoint thread's PASSIVE checkpoints copy frames back but
+/// never restart the WAL while commits keep arriving (a restart needs every
+/// frame copied at the moment a write begins), so a bulk load grew the WAL
+/// by gigabytes a minute until the disk was full. Past `max_bytes` the
+/// writer itself runs a RESTART checkpoint between batches: it waits for
+/// readers on old snapshots (up to the busy timeout), copies what is left
+/// and makes the next commit start the WAL from the top (truncated to
+/// `journal_size_limit`).
+pub(crate) struct WalLimit {
+    pub(crate) path: std::path::PathBuf,
+    pub(crate) max_bytes: u64,
+}
+
+impl WalLimit {
+    fn keep_bounded(&self, conn: &Connection) {
+        let Ok(meta) = std::fs::metadata(&self.path) else {
+            return;
+        };
+        if meta.len() <= self.max_bytes {
+            return;
+        }
+        // (busy, frames in the WAL, frames copied back)
+        let done: Result<(i64, i64, i64), _> =
+            conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            });
+        match done {
+            Ok((0, _, _)) => {}
+            // Busy (the checkpoint thread or a long reader held on): the
+            // next batch tries again; the WAL only grows meanwhile.
+            Ok((_, frames, copied)) => {
+                tracing::debug!(
+                    frames,
+                    copied,
+                    "WAL restart was busy; trying again after the next batch"
+                );
+            }
+            Err(e) => tracing::warn!(error = %e, "WAL restart checkpoint failed"),
         }
     }
 }
@@ -755,4 +801,58 @@ fn append(
         *head = Head { seq, hash };
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::WalLimit;
+    use rusqlite::Connection;
+
+    /// Past its limit the WAL is restarted, so the next commit writes from
+    /// its top and the file is cut back to `journal_size_limit`; under the
+    /// limit nothing happens.
+    #[test]
+    fn a_wal_past_its_limit_is_restarted_and_cut_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("w.db");
+        let conn = Connection::open(&db).unwrap();
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0; \
+             PRAGMA journal_size_limit=0; CREATE TABLE t (x BLOB);",
+        )
+        .unwrap();
+        let wal = WalLimit {
+            path: crate::wal_path(&db),
+            max_bytes: 256 * 1024,
+        };
+        let size = || std::fs::metadata(&wal.path).unwrap().len();
+        let write = |n: usize| {
+            for _ in 0..n {
+                conn.execute("INSERT INTO t VALUES (zeroblob(4000))", [])
+                    .unwrap();
+            }
+        };
+        write(20);
+        let small = size();
+        assert!(small < wal.max_bytes, "{small}");
+        wal.keep_bounded(&conn);
+        write(1);
+        assert!(size() > small, "under the limit the WAL keeps growing");
+        write(200);
+        let big = size();
+        assert!(big > wal.max_bytes, "{big}");
+        wal.keep_bounded(&conn);
+        write(1);
+        assert!(
+            size() < wal.max_bytes,
+            "after the restart the WAL starts over: {} bytes (was {big})",
+            size()
+        );
+        let rows: i64 = conn
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 222, "nothing lost across the restart");
+    }
 }
