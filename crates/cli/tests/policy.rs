@@ -740,3 +740,29 @@ async fn every_denial_rule_withholds_on_every_path() {
     withheld_everywhere(&trust, "obs-r").await;
     w.s.stop().await;
 }
+
+/// Care creates a relationship while open or for a while after it ends:
+/// a long-finished encounter at the trust does not let it read, one whose
+/// period ends in the future does (and the facts load only such episodes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_open_or_recent_care_creates_a_relationship() {
+    let w = world().await;
+    let trust = w.s.as_token(&w.trust);
+    let absent = trust.get("Observation/no-such").await;
+    let encounter = |end: &str| {
+        json!({"resourceType": "Encounter", "status": "finished",
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+            "subject": {"reference": "Patient/p1"},
+            "period": {"start": "2001-03-01", "end": end},
+            "serviceProvider": {"reference": "Organization/org-trust"}})
+    };
+    w.s.post("Encounter", &encounter("2001-03-02"))
+        .await
+        .expect_status(201);
+    looks_absent(&trust.get("Observation/obs1").await, &absent);
+    w.s.post("Encounter", &encounter("2099-01-01"))
+        .await
+        .expect_status(201);
+    trust.get("Observation/obs1").await.expect_status(200);
+    w.s.stop().await;
+}

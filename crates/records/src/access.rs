@@ -33,7 +33,9 @@ use carelayer_policy::{
     Action, CareEpisode, CareTeamFacts, ConsentRule, Decision, Facts, PatientFacts, Principal,
     Request, ResourceFacts,
 };
-use carelayer_store::{Clause, Predicate, ResourceWrite, SearchQuery, StoreError};
+use carelayer_store::{
+    Clause, IndexTest, Predicate, Prefix, ResourceWrite, SearchQuery, StoreError,
+};
 use serde_json::Value;
 
 use crate::{Caller, Records, RecordsError, Version, clock};
@@ -334,30 +336,81 @@ impl Records {
         {
             out.push(("Patient".to_owned(), p.id, parse_stored(&p.json)?));
         }
-        let mut offset = 0;
+        // Episodes count for a relationship only while open or for
+        // `relationship_window` after they end (policy's rule), and an
+        // episode that has ended that long ago never counts again; so only
+        // those that are open or ended since then are loaded, not every
+        // Encounter of the patient's life. The filter is a superset of what
+        // the rule can use (`CareEpisode` decides exactly).
+        let window =
+            i64::try_from(self.options.relationship_window.as_micros()).unwrap_or(i64::MAX);
+        // A second of slack against the date index's precision edges.
+        let since = clock::now_micros()
+            .saturating_sub(window)
+            .saturating_sub(1_000_000);
+        let open_statuses = [
+            "planned",
+            "arrived",
+            "triaged",
+            "in-progress",
+            "onleave",
+            "waitlist",
+            "active",
+            "onhold",
+        ];
+        let mut episodes = Clause {
+            any_of: open_statuses
+                .iter()
+                .map(|status| Predicate::Index {
+                    param: "status".into(),
+                    test: IndexTest::Token {
+                        system: None,
+                        code: (*status).to_owned(),
+                    },
+                })
+                .collect(),
+        };
+        episodes.any_of.push(Predicate::Index {
+            param: "date".into(),
+            test: IndexTest::Date {
+                prefix: Prefix::Ge,
+                low: since,
+                high: since,
+            },
+        });
+        let of_patient = Clause {
+            any_of: vec![Predicate::PatientKey(id.to_owned())],
+        };
         let mut snapshot = None;
-        loop {
-            let query = SearchQuery {
-                resource_types: FACT_TYPES.iter().map(|t| (*t).to_owned()).collect(),
-                clauses: vec![Clause {
-                    any_of: vec![Predicate::PatientKey(id.to_owned())],
-                }],
-                offset,
-                count: FACTS_PAGE,
-                snapshot_seq: snapshot,
-                ..SearchQuery::default()
-            };
-            let page = self.store.search(&query).await?;
-            snapshot = Some(page.snapshot_seq);
-            let n = page.matches.len();
-            for m in page.matches.into_iter().take(FACTS_PAGE) {
-                let v = parse_stored(&m.json)?;
-                out.push((m.resource_type, m.id, v));
+        for (types, clauses) in [
+            (
+                &["Encounter", "EpisodeOfCare"][..],
+                vec![of_patient.clone(), episodes],
+            ),
+            (&["CareTeam", "Consent"][..], vec![of_patient]),
+        ] {
+            let mut offset = 0;
+            loop {
+                let query = SearchQuery {
+                    resource_types: types.iter().map(|t| (*t).to_owned()).collect(),
+                    clauses: clauses.clone(),
+                    offset,
+                    count: FACTS_PAGE,
+                    snapshot_seq: snapshot,
+                    ..SearchQuery::default()
+                };
+                let page = self.store.search(&query).await?;
+                snapshot = Some(page.snapshot_seq);
+                let n = page.matches.len();
+                for m in page.matches.into_iter().take(FACTS_PAGE) {
+                    let v = parse_stored(&m.json)?;
+                    out.push((m.resource_type, m.id, v));
+                }
+                if n < FACTS_PAGE {
+                    break;
+                }
+                offset += FACTS_PAGE;
             }
-            if n < FACTS_PAGE {
-                break;
-            }
-            offset += FACTS_PAGE;
         }
         Ok(out)
     }
