@@ -750,11 +750,10 @@ async fn only_open_or_recent_care_creates_a_relationship() {
     let trust = w.s.as_token(&w.trust);
     let absent = trust.get("Observation/no-such").await;
     let encounter = |end: &str| {
-        json!({"resourceType": "Encounter", "status": "finished",
-            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
-            "subject": {"reference": "Patient/p1"},
-            "period": {"start": "2001-03-01", "end": end},
-            "serviceProvider": {"reference": "Organization/org-trust"}})
+        let mut e = trust_attendance("p1");
+        e["status"] = json!("finished");
+        e["period"] = json!({"start": "2001-03-01", "end": end});
+        e
     };
     w.s.post("Encounter", &encounter("2001-03-02"))
         .await

@@ -649,17 +649,17 @@ impl Records {
             return Ok(false);
         }
         for clause in clauses {
-            let links_only = !clause.any_of.is_empty()
-                && clause
-                    .any_of
-                    .iter()
-                    .all(|p| matches!(p, Predicate::Chain { .. } | Predicate::Has { .. }));
-            if !links_only {
+            if !links_only(clause) {
                 continue;
             }
             let mut witnessed = false;
             for predicate in &clause.any_of {
-                let Some(query) = witness_query(predicate, hit) else {
+                let Some((_, query)) = witness_query(
+                    predicate,
+                    &hit.resource_type,
+                    std::slice::from_ref(&hit.id),
+                    LINK_WITNESSES,
+                ) else {
                     continue;
                 };
                 let witnesses: Vec<Version> = self
@@ -713,12 +713,7 @@ impl Records {
             .map(|h| (h.resource_type.clone(), h.id.clone()))
             .collect();
         for clause in clauses {
-            let links_only = !clause.any_of.is_empty()
-                && clause
-                    .any_of
-                    .iter()
-                    .all(|p| matches!(p, Predicate::Chain { .. } | Predicate::Has { .. }));
-            if !links_only {
+            if !links_only(clause) {
                 continue;
             }
             let mut witnessed: HashSet<HitKey> = HashSet::new();
@@ -753,73 +748,14 @@ impl Records {
         let Some(hit_type) = group.first().map(|h| h.resource_type.clone()) else {
             return Ok(Some(Vec::new()));
         };
-        let ids = |ids: Vec<String>| Clause {
-            any_of: ids.into_iter().map(Predicate::Id).collect(),
+        let hit_ids: Vec<String> = group.iter().map(|h| h.id.clone()).collect();
+        // Step 1: every witness of any hit in the group (with bodies:
+        // readability depends on the witness's labels).
+        let Some((witness_type, witness_query)) =
+            witness_query(predicate, &hit_type, &hit_ids, BATCH_WITNESSES + 1)
+        else {
+            return Ok(Some(Vec::new()));
         };
-        let of_type = |ty: &str, clause: Clause| {
-            Box::new(SearchQuery {
-                resource_types: vec![ty.to_owned()],
-                clauses: vec![clause],
-                count: group.len().max(1),
-                ..SearchQuery::default()
-            })
-        };
-        let hit_ids = || ids(group.iter().map(|h| h.id.clone()).collect());
-        // Step 1: every witness of any hit in the group.
-        let (witness_type, mut witness_query) = match predicate {
-            Predicate::Chain {
-                param,
-                target_type,
-                query,
-            } => {
-                let mut clauses = query.clauses.clone();
-                clauses.push(Clause {
-                    any_of: vec![Predicate::Has {
-                        source_type: hit_type.clone(),
-                        param: param.clone(),
-                        query: of_type(&hit_type, hit_ids()),
-                    }],
-                });
-                (
-                    target_type.clone(),
-                    SearchQuery {
-                        resource_types: vec![target_type.clone()],
-                        clauses,
-                        ..SearchQuery::default()
-                    },
-                )
-            }
-            Predicate::Has {
-                source_type,
-                param,
-                query,
-            } => {
-                let mut clauses = query.clauses.clone();
-                clauses.push(Clause {
-                    any_of: group
-                        .iter()
-                        .map(|h| Predicate::Index {
-                            param: param.clone(),
-                            test: carelayer_store::IndexTest::Reference {
-                                target_type: Some(hit_type.clone()),
-                                id: h.id.clone(),
-                            },
-                        })
-                        .collect(),
-                });
-                (
-                    source_type.clone(),
-                    SearchQuery {
-                        resource_types: vec![source_type.clone()],
-                        clauses,
-                        ..SearchQuery::default()
-                    },
-                )
-            }
-            _ => return Ok(Some(Vec::new())),
-        };
-        // With bodies: readability depends on the witness's labels.
-        witness_query.count = BATCH_WITNESSES + 1;
         let found = self.store.search(&witness_query).await?.matches;
         if found.len() > BATCH_WITNESSES {
             return Ok(None);
@@ -853,14 +789,14 @@ impl Records {
                 any_of: vec![Predicate::Has {
                     source_type: source_type.clone(),
                     param: param.clone(),
-                    query: of_type(source_type, ids(readable)),
+                    query: of_ids(source_type, readable),
                 }],
             },
             _ => return Ok(Some(Vec::new())),
         };
         let linked = SearchQuery {
             resource_types: vec![hit_type.clone()],
-            clauses: vec![hit_ids(), link],
+            clauses: vec![id_clause(hit_ids), link],
             count: group.len().max(1),
             keys_only: true,
             ..SearchQuery::default()
@@ -903,62 +839,85 @@ fn has_links(clauses: &[Clause]) -> bool {
     })
 }
 
-/// The resources that make `predicate` true for `hit`: for a chain, the
-/// targets `hit` refers to that match the chained query; for `_has`, the
-/// sources referring to `hit` that match the reverse query.
-fn witness_query(predicate: &Predicate, hit: &Version) -> Option<SearchQuery> {
-    let this = |ty: &str| {
-        Box::new(SearchQuery {
-            resource_types: vec![ty.to_owned()],
-            clauses: vec![Clause {
-                any_of: vec![Predicate::Id(hit.id.clone())],
-            }],
-            ..SearchQuery::default()
-        })
-    };
-    match predicate {
+/// The resources that make `predicate` true for any of the hits `hit_ids`
+/// (all of type `hit_type`), with their type: for a chain, the targets the
+/// hits refer to that match the chained query; for `_has`, the sources
+/// referring to a hit that match the reverse query.
+fn witness_query(
+    predicate: &Predicate,
+    hit_type: &str,
+    hit_ids: &[String],
+    count: usize,
+) -> Option<(String, SearchQuery)> {
+    let (witness_type, link) = match predicate {
         Predicate::Chain {
-            param,
+            param, target_type, ..
+        } => (
             target_type,
-            query,
-        } => {
-            let mut clauses = query.clauses.clone();
-            clauses.push(Clause {
+            Clause {
                 any_of: vec![Predicate::Has {
-                    source_type: hit.resource_type.clone(),
+                    source_type: hit_type.to_owned(),
                     param: param.clone(),
-                    query: this(&hit.resource_type),
+                    query: of_ids(hit_type, hit_ids.to_vec()),
                 }],
-            });
-            Some(SearchQuery {
-                resource_types: vec![target_type.clone()],
-                clauses,
-                count: LINK_WITNESSES,
-                ..SearchQuery::default()
-            })
-        }
+            },
+        ),
         Predicate::Has {
+            source_type, param, ..
+        } => (
             source_type,
-            param,
-            query,
-        } => {
-            let mut clauses = query.clauses.clone();
-            clauses.push(Clause {
-                any_of: vec![Predicate::Index {
-                    param: param.clone(),
-                    test: carelayer_store::IndexTest::Reference {
-                        target_type: Some(hit.resource_type.clone()),
-                        id: hit.id.clone(),
-                    },
-                }],
-            });
-            Some(SearchQuery {
-                resource_types: vec![source_type.clone()],
-                clauses,
-                count: LINK_WITNESSES,
-                ..SearchQuery::default()
-            })
-        }
-        _ => None,
+            Clause {
+                any_of: hit_ids
+                    .iter()
+                    .map(|id| Predicate::Index {
+                        param: param.clone(),
+                        test: carelayer_store::IndexTest::Reference {
+                            target_type: Some(hit_type.to_owned()),
+                            id: id.clone(),
+                        },
+                    })
+                    .collect(),
+            },
+        ),
+        _ => return None,
+    };
+    let (Predicate::Chain { query, .. } | Predicate::Has { query, .. }) = predicate else {
+        return None;
+    };
+    let mut clauses = query.clauses.clone();
+    clauses.push(link);
+    Some((
+        witness_type.clone(),
+        SearchQuery {
+            resource_types: vec![witness_type.clone()],
+            clauses,
+            count,
+            ..SearchQuery::default()
+        },
+    ))
+}
+
+/// A clause made only of chains and `_has` (checked for witnesses).
+fn links_only(clause: &Clause) -> bool {
+    !clause.any_of.is_empty()
+        && clause
+            .any_of
+            .iter()
+            .all(|p| matches!(p, Predicate::Chain { .. } | Predicate::Has { .. }))
+}
+
+/// `_id` is any of `ids`.
+fn id_clause(ids: Vec<String>) -> Clause {
+    Clause {
+        any_of: ids.into_iter().map(Predicate::Id).collect(),
     }
+}
+
+/// The resources of type `ty` with any of `ids` (an inner query).
+fn of_ids(ty: &str, ids: Vec<String>) -> Box<SearchQuery> {
+    Box::new(SearchQuery {
+        resource_types: vec![ty.to_owned()],
+        clauses: vec![id_clause(ids)],
+        ..SearchQuery::default()
+    })
 }
