@@ -8,8 +8,11 @@
 //!   table shapes, with the reasons for them.
 //! - `writer`: the one writer thread; group commit of queued write sets and
 //!   audit appends in one transaction (no per-job savepoints); the in-memory
-//!   audit chain head; the deferred audit index (entries' query rows written
-//!   in bulk after the entries commit, flushed before every audit query).
+//!   audit chain head; deferred audit work (read-audit entries waiting in the
+//!   journal, entries' query rows), written in bulk and flushed before
+//!   anything reads the ledger.
+//! - `journal`: the append-only file read-audit entries wait in, and its
+//!   recovery at open.
 //! - `read`: the reader connection pool and the read queries.
 //! - `search`: `SearchQuery` → SQL over the index tables (bound parameters only).
 //! - `error`: rusqlite errors → `StoreError`.
@@ -39,6 +42,7 @@
 
 mod audit;
 mod error;
+mod journal;
 mod read;
 mod schema;
 mod search;
@@ -77,11 +81,11 @@ pub enum Synchronous {
 /// entries; write sets always carry their own entries) is made durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AuditSync {
-    /// Written to the WAL before the request is answered (so it survives a
-    /// process kill at once) and fsynced by the checkpoint thread within
-    /// 50 ms (its checkpoint interval): a power cut can lose at most that much
-    /// of the read audit trail, never a write or its entries. Reads then
-    /// wait for no fsync.
+    /// Written to the audit journal (see `journal`) before the request is
+    /// answered, so it survives a process kill at once, and fsynced by the
+    /// checkpoint thread within 50 ms (its checkpoint interval): a power cut
+    /// can lose at most that much of the read audit trail, never a write or
+    /// its entries. Reads then wait for no fsync.
     #[default]
     Checkpoint,
     /// fsynced before the request is answered, like writes.
@@ -97,7 +101,9 @@ pub struct SqliteOptions {
     pub max_batch: usize,
     /// How long the writer waits for more read-audit appends before
     /// committing a small batch of them while other requests are in flight
-    /// (zero: never wait). See `writer::GroupCommit`.
+    /// (zero: never wait). Only when the audit journal is not in use (another
+    /// process holds it): journaled appends never reach the writer. See
+    /// `writer::GroupCommit`.
     pub audit_group_window: Duration,
     /// How long a connection waits on a lock held by another process.
     pub busy_timeout: Duration,
@@ -130,6 +136,14 @@ pub struct SqliteStore {
     /// pushes back on callers (their `send` waits) instead of queueing
     /// without limit; the writer thread receives with `blocking_recv`.
     tx: tokio::sync::mpsc::Sender<Job>,
+    /// The audit chain: read-audit appends journal their entries through it
+    /// on the caller's task (see `writer::Chain`).
+    chain: writer::SharedChain,
+    /// Raised when entries were journaled without an fsync (see
+    /// [`AuditSync::Checkpoint`]).
+    unsynced: Option<Arc<AtomicBool>>,
+    /// fsync the journal before answering an append ([`AuditSync::Commit`]).
+    journal_fsync: bool,
     /// Set by `close`: refuse new work before flushing what is queued.
     closed: AtomicBool,
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -165,30 +179,41 @@ impl SqliteStore {
         configure(&conn, &options, true)?;
         schema::migrate(&mut conn)?;
         schema::seed_planner_stats(&mut conn)?;
-        let head = writer::load_head(&conn)?;
-        // Index rows a crash kept from the deferred index (see `writer`).
+        let mut head = writer::load_head(&conn)?;
+        // Entries a crash left in the journal, then index rows it kept from
+        // the deferred index (see `writer`).
+        let journal;
+        (journal, head.seq, head.hash) = journal::Journal::open(path, &conn, head.seq, head.hash)?;
+        let segment = journal.as_ref().map(journal::Journal::current_segment);
         audit::index_from_ledger(&conn)?;
         let readers = Arc::new(ReaderPool::new(path.to_path_buf(), options.clone()));
         // Open the readers now so a bad path fails here, not on first read.
         readers.warm()?;
-        // Set by the writer after an audit-only batch committed without
-        // fsync; the checkpoint thread fsyncs the WAL and clears it.
+        // Raised after audit entries were journaled or committed without an
+        // fsync; the checkpoint thread fsyncs the journal and WAL, clears it.
         let unsynced = (options.synchronous == Synchronous::Full
             && options.audit_sync == AuditSync::Checkpoint)
             .then(|| Arc::new(AtomicBool::new(false)));
         let max_batch = options.max_batch.max(1);
         let (tx, rx) = tokio::sync::mpsc::channel(max_batch.saturating_mul(4));
-        let index_oldest = Arc::new(AtomicI64::new(0));
+        let deferred_oldest = Arc::new(AtomicI64::new(0));
         let checkpointer = start_checkpointer(
             path,
+            segment,
             &options,
             unsynced.clone(),
-            IndexTicker {
+            DeferredTicker {
                 writer: tx.downgrade(),
-                oldest: index_oldest.clone(),
+                oldest: deferred_oldest.clone(),
             },
         )?;
-        let backlog = writer::IndexBacklog::new(index_oldest);
+        let chain = Arc::new(tokio::sync::Mutex::new(writer::Chain::new(
+            head,
+            journal,
+            deferred_oldest,
+        )));
+        let journal_fsync =
+            options.synchronous == Synchronous::Full && options.audit_sync == AuditSync::Commit;
         let wal = writer::WalLimit {
             path: wal_path(path),
             max_bytes: WAL_RESTART_BYTES,
@@ -199,11 +224,18 @@ impl SqliteStore {
         };
         let handle = std::thread::Builder::new()
             .name("carelayer-sqlite-writer".into())
-            .spawn(move || writer::run(conn, rx, head, group, unsynced, backlog, wal))
+            .spawn({
+                let chain = chain.clone();
+                let unsynced = unsynced.clone();
+                move || writer::run(conn, rx, chain, group, unsynced, wal)
+            })
             .map_err(|e| StoreError::Other(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
             path: path.to_path_buf(),
             tx,
+            chain,
+            unsynced,
+            journal_fsync,
             closed: AtomicBool::new(false),
             writer: Mutex::new(Some(handle)),
             checkpointer: Mutex::new(Some(checkpointer)),
@@ -233,6 +265,12 @@ impl SqliteStore {
         let (reply, rx) = oneshot::channel();
         self.tx.send(make(reply)).await.map_err(|_| gone())?;
         rx.await.map_err(|_| gone())?
+    }
+
+    /// Wait until every audit entry appended before this call is in the
+    /// ledger and index tables (see "Deferred audit work" in `writer`).
+    async fn ledger_barrier(&self) -> Result<(), StoreError> {
+        self.submit(Job::Barrier).await
     }
 }
 
@@ -291,18 +329,26 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(50);
 /// never block the writer or readers) every [`CHECKPOINT_EVERY`], on another core.
 fn start_checkpointer(
     path: &Path,
+    journal: Option<journal::CurrentSegment>,
     options: &SqliteOptions,
     unsynced: Option<Arc<AtomicBool>>,
-    ticker: IndexTicker,
+    ticker: DeferredTicker,
 ) -> Result<(mpsc::Sender<()>, JoinHandle<()>), StoreError> {
     let conn = Connection::open_with_flags(path, reader_flags()).map_err(sql_err)?;
     let wal = wal_path(path);
-    // fsync the WAL if the writer committed audit-only batches without it.
+    // fsync the journal and the WAL if the writer appended audit entries
+    // without an fsync (to the journal, or in a relaxed commit).
     let sync_wal = move || {
         if let Some(flag) = &unsynced
             && flag.swap(false, Ordering::AcqRel)
         {
-            let synced = std::fs::File::open(&wal).and_then(|f| f.sync_data());
+            // Clone the handle out: never fsync under the segment's lock.
+            let segment = journal
+                .as_ref()
+                .and_then(|s| s.lock().ok().map(|f| Arc::clone(&f)));
+            let synced = segment
+                .map_or(Ok(()), |f| f.sync_data())
+                .and_then(|()| std::fs::File::open(&wal).and_then(|f| f.sync_data()));
             if let Err(e) = synced {
                 // Try again next round rather than lose the obligation.
                 flag.store(true, Ordering::Release);
@@ -341,25 +387,26 @@ fn start_checkpointer(
     Ok((stop, handle))
 }
 
-/// Asks the writer to flush the deferred audit index once its oldest row
-/// has waited [`writer::INDEX_LAG`] (run on the checkpoint thread's clock).
-struct IndexTicker {
+/// Asks the writer to flush deferred audit work once its oldest entry or
+/// row has waited [`writer::DEFERRED_LAG`] (run on the checkpoint thread's
+/// clock).
+struct DeferredTicker {
     /// Weak, so the checkpoint thread does not keep the writer's channel
     /// open after the store is gone.
     writer: tokio::sync::mpsc::WeakSender<Job>,
     oldest: Arc<AtomicI64>,
 }
 
-impl IndexTicker {
+impl DeferredTicker {
     fn tick(&self) {
         let oldest = self.oldest.load(Ordering::Acquire);
-        let lag = i64::try_from(writer::INDEX_LAG.as_micros()).unwrap_or(i64::MAX);
+        let lag = i64::try_from(writer::DEFERRED_LAG.as_micros()).unwrap_or(i64::MAX);
         if oldest != 0
             && now_micros().saturating_sub(oldest) >= lag
             && let Some(tx) = self.writer.upgrade()
         {
             // A full queue means the writer is busy and will flush on its own.
-            let _ = tx.try_send(Job::IndexTick);
+            let _ = tx.try_send(Job::Tick);
         }
     }
 }
@@ -433,23 +480,52 @@ impl Store for SqliteStore {
         if entries.is_empty() {
             return Ok(());
         }
-        self.submit(|reply| Job::Audit(entries, reply)).await
+        if self.closed.load(Ordering::Acquire) {
+            return Err(gone());
+        }
+        // On this task, no hop to the writer thread (see `journal`).
+        let journaled = self.chain.lock().await.journal(
+            &entries,
+            self.unsynced.as_deref(),
+            self.journal_fsync,
+        )?;
+        match journaled {
+            writer::Journaled::Done { sync, flush_due } => {
+                if flush_due {
+                    // A full queue means the writer is busy and will flush
+                    // after its batch anyway.
+                    let _ = self.tx.try_send(Job::Tick);
+                }
+                if let Some(file) = sync {
+                    tokio::task::spawn_blocking(move || file.sync_data())
+                        .await
+                        .map_err(|e| StoreError::Other(format!("journal fsync task failed: {e}")))?
+                        .map_err(|e| {
+                            StoreError::Unavailable(format!("cannot fsync the audit journal: {e}"))
+                        })?;
+                }
+                Ok(())
+            }
+            writer::Journaled::NoJournal => self.submit(|reply| Job::Audit(entries, reply)).await,
+        }
     }
 
     async fn audit_rows(&self, after_seq: i64, limit: usize) -> Result<Vec<LedgerRow>, StoreError> {
+        self.ledger_barrier().await?;
         self.readers
             .run(move |conn| read::audit_rows(conn, after_seq, limit))
             .await
     }
 
     async fn audit_search(&self, query: &AuditQuery) -> Result<Vec<LedgerRow>, StoreError> {
-        // Every entry committed before this search is in the index first.
-        self.submit(Job::IndexBarrier).await?;
+        // Every entry appended before this search is in the tables first.
+        self.ledger_barrier().await?;
         let q = query.clone();
         self.readers.run(move |conn| audit::search(conn, &q)).await
     }
 
     async fn audit_head(&self) -> Result<ChainHead, StoreError> {
+        self.ledger_barrier().await?;
         self.readers.run(|conn| audit::head(conn)).await
     }
 
@@ -458,6 +534,7 @@ impl Store for SqliteStore {
         after_seq: i64,
         limit: usize,
     ) -> Result<Vec<RawLedgerRow>, StoreError> {
+        self.ledger_barrier().await?;
         self.readers
             .run(move |conn| audit::raw_rows(conn, after_seq, limit))
             .await

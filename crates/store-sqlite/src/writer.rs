@@ -9,23 +9,37 @@
 //! scales with the number of waiting clients instead of being capped at one
 //! fsync per request.
 //!
-//! The audit chain head (last seq and hash) lives here, in memory, loaded at
-//! open: appending needs no read. A rolled-back attempt or a failed COMMIT
-//! restores the batch's starting head.
+//! The audit chain (head, journal, deferred work) is a [`Chain`] behind an
+//! async mutex shared with the store: read-audit appends chain and journal
+//! their entries on the request's own task; this thread locks the chain for
+//! each batch it commits (its entries follow everything chained before), so
+//! the chain's order is the lock's order. A rolled-back attempt or a failed
+//! COMMIT restores the batch's starting head (still under the lock, so no
+//! entry was chained after it meanwhile).
 //!
-//! # The deferred audit index
-//! A ledger entry commits with the request it describes; its `audit_index`
-//! row (the query columns, a derived view) does not. Why: the index has six
-//! B-trees, the patient one written at a random place per entry, so indexing
-//! in the read's own commit made every read dirty about seven pages and write
-//! them to the WAL, most of the cost of read auditing. Instead committed
-//! entries' rows wait in an [`IndexBacklog`] and are written in bulk (one
-//! transaction per [`INDEX_CHUNK`] rows, or when the oldest has waited
-//! [`INDEX_LAG`]), so a hot leaf page is written once for many entries.
-//! Nothing is lost by waiting: every audit *query* first sends an
-//! [`Job::IndexBarrier`], which flushes everything committed before it, so a
-//! search sees every entry committed before the search began; and at open,
-//! rows missing after a crash are re-derived from the ledger itself
+//! # Deferred audit work
+//! Every entry gets its seq and chain hash when its request is answered;
+//! writing it into the tables can wait, because nothing reads the ledger
+//! without first sending a [`Job::Barrier`]. Two things wait in the
+//! [`Chain`]:
+//! - read-audit entries are appended to the audit journal (see
+//!   [`crate::journal`]) instead of committed, and move into `audit_ledger`
+//!   in bulk; a write set's transaction takes them first, since its own
+//!   entries follow them in the chain;
+//! - every entry's `audit_index` row (the query columns, a derived view with
+//!   six B-trees, the patient one written at a random place per entry).
+//!
+//! Why: each commit writes whole pages to the WAL and makes every reader
+//! connection drop its page cache, and a hop to this thread waits for it to
+//! be scheduled; committing read audit per request cost about a third of
+//! read throughput. Both wait until [`DEFERRED_CHUNK`] entries or rows wait,
+//! or the oldest has waited [`DEFERRED_LAG`] (the checkpoint thread sends a
+//! [`Job::Tick`]), or a barrier arrives; then one transaction here writes
+//! them all, while appends go on into a fresh journal segment. A barrier
+//! therefore makes every entry appended before it visible to audit queries,
+//! the head and verification. After a crash, `open` moves the journal's
+//! entries into the ledger ([`crate::journal::Journal::open`]) and
+//! re-derives missing index rows from the ledger
 //! ([`crate::audit::index_from_ledger`]).
 
 use std::sync::Arc;
@@ -41,28 +55,44 @@ use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::oneshot;
 
 use crate::error::sql_err;
+use crate::journal::{Journal, JournalEntry, Sealed, insert_into_ledger};
 use crate::search::{Shape, build};
 
 /// Work for the writer.
 pub(crate) enum Job {
     Commit(WriteSet, oneshot::Sender<Result<CommitReceipt, StoreError>>),
     Audit(Vec<AuditRecord>, oneshot::Sender<Result<(), StoreError>>),
-    /// Write the index rows of every entry committed before this job, then
-    /// answer (sent before each audit query).
-    IndexBarrier(oneshot::Sender<Result<(), StoreError>>),
-    /// The backlog's oldest row has waited [`INDEX_LAG`]: write it out (sent
-    /// by the checkpoint thread, so an idle store does not keep a backlog).
-    IndexTick,
+    /// Write every deferred entry and index row appended before this job,
+    /// then answer (sent before anything reads the ledger).
+    Barrier(oneshot::Sender<Result<(), StoreError>>),
+    /// The oldest deferred entry or row has waited [`DEFERRED_LAG`]: write
+    /// them out (sent by the checkpoint thread, so an idle store keeps
+    /// nothing waiting).
+    Tick,
     /// Finish what is queued before this, then stop.
     Close(oneshot::Sender<()>),
 }
 
-/// Index rows written per deferred-index transaction once this many wait.
-pub(crate) const INDEX_CHUNK: usize = 512;
+/// Deferred entries or index rows written in one transaction once this
+/// many wait. Large on purpose: every commit costs each reader connection
+/// its page cache, which it then re-reads (at 2,048 and 200 ms, that
+/// re-reading was a tenth of a read's CPU).
+pub(crate) const DEFERRED_CHUNK: usize = 16_384;
 
-/// The longest an entry's index row waits when fewer than [`INDEX_CHUNK`]
-/// are queued (the checkpoint thread asks for a flush after this).
-pub(crate) const INDEX_LAG: Duration = Duration::from_millis(200);
+/// The longest a deferred entry or row waits when fewer than
+/// [`DEFERRED_CHUNK`] are queued (the checkpoint thread asks for a flush
+/// after this).
+pub(crate) const DEFERRED_LAG: Duration = Duration::from_secs(1);
+
+/// A write set's transaction inserts the journaled entries before its own;
+/// past this many it flushes them first instead, so it does not hold the
+/// chain (and every read's append) for the whole of a large insert.
+const FLUSH_BEFORE_WRITES: usize = 1024;
+
+/// Past this many journaled entries waiting (flushes keep failing), audit
+/// appends go through the ledger table again, so they fail visibly rather
+/// than pile up in memory.
+const MAX_WAITING_ENTRIES: usize = 16 * DEFERRED_CHUNK;
 
 /// The query columns of one ledger entry (see `audit_index`).
 pub(crate) struct IndexRow {
@@ -93,87 +123,265 @@ impl IndexRow {
     }
 }
 
-/// Index rows of committed ledger entries not yet in `audit_index`.
-pub(crate) struct IndexBacklog {
+/// The audit chain: its head, the journal, and the audit work chained and
+/// answered but not yet in the tables (see the module docs).
+pub(crate) struct Chain {
+    pub(crate) head: Head,
+    /// `None` when another process owns the journal or it failed: audit
+    /// appends then go to this thread and commit to the ledger table like
+    /// write sets.
+    journal: Option<Journal>,
+    /// Journaled entries not yet in `audit_ledger`, in seq order.
+    entries: Vec<JournalEntry>,
+    /// Sealed journal segments whose entries are on their way into the
+    /// ledger (deleted once they durably are).
+    sealed: Vec<Sealed>,
+    /// Index rows of entries (in the ledger or in `entries`) not yet in
+    /// `audit_index`.
     rows: Vec<IndexRow>,
     /// A flush failed and its rows were dropped: the next flush re-derives
     /// every missing row from the ledger instead.
     from_ledger: bool,
-    /// When the oldest waiting row was committed (µs since the epoch; 0 when
-    /// none wait), shared with the checkpoint thread.
+    /// When the oldest waiting entry or row was appended (µs since the
+    /// epoch; 0 when none wait), shared with the checkpoint thread.
     oldest: Arc<AtomicI64>,
+    /// Frame buffer, reused.
+    frames: Vec<u8>,
 }
 
-impl IndexBacklog {
-    pub(crate) fn new(oldest: Arc<AtomicI64>) -> Self {
+/// The chain, shared by the store's tasks and the writer thread.
+pub(crate) type SharedChain = Arc<tokio::sync::Mutex<Chain>>;
+
+/// What became of an append on the request's task.
+pub(crate) enum Journaled {
+    /// Chained and written to the journal. `sync`: the segment to fsync
+    /// before answering (`AuditSync::Commit`); `flush_due`: enough entries
+    /// wait that the writer should move them now.
+    Done {
+        sync: Option<Arc<std::fs::File>>,
+        flush_due: bool,
+    },
+    /// No usable journal: send the entries to the writer thread.
+    NoJournal,
+}
+
+/// What a flush took out of the chain (under its lock) to write.
+struct FlushWork {
+    entries: Vec<JournalEntry>,
+    sealed: Vec<Sealed>,
+    rows: Vec<IndexRow>,
+    from_ledger: bool,
+}
+
+impl Chain {
+    pub(crate) fn new(head: Head, journal: Option<Journal>, oldest: Arc<AtomicI64>) -> Self {
         Self {
+            head,
+            journal,
+            entries: Vec::new(),
+            sealed: Vec::new(),
             rows: Vec::new(),
             from_ledger: false,
             oldest,
+            frames: Vec::new(),
         }
-    }
-
-    fn push(&mut self, rows: Vec<IndexRow>) {
-        if rows.is_empty() {
-            return;
-        }
-        if self.rows.is_empty() && !self.from_ledger {
-            self.oldest.store(crate::now_micros(), Ordering::Release);
-        }
-        self.rows.extend(rows);
     }
 
     fn is_empty(&self) -> bool {
-        self.rows.is_empty() && !self.from_ledger
+        self.entries.is_empty()
+            && self.rows.is_empty()
+            && self.sealed.is_empty()
+            && !self.from_ledger
+            && self.journal.as_ref().is_none_or(Journal::is_empty)
     }
 
-    /// Write every waiting row in one transaction. On failure the rows are
-    /// dropped and the next flush re-derives them from the ledger, so a
-    /// failing disk cannot grow the backlog without bound.
-    fn flush(&mut self, conn: &Connection) -> Result<(), StoreError> {
-        if self.is_empty() {
-            return Ok(());
+    fn note_waiting(&self) {
+        if self.oldest.load(Ordering::Acquire) == 0 {
+            self.oldest.store(crate::now_micros(), Ordering::Release);
         }
-        let result = conn
-            .execute_batch("BEGIN IMMEDIATE")
-            .map_err(sql_err)
-            .and_then(|()| {
-                if self.from_ledger {
-                    // The waiting rows are in the ledger too; re-derive all.
-                    crate::audit::index_from_ledger(conn)
-                } else {
-                    self.rows
-                        .iter()
-                        .try_for_each(|row| crate::audit::index_entry(conn, row))
-                }
-            })
-            .and_then(|()| conn.execute_batch("COMMIT").map_err(sql_err));
-        if result.is_err() {
-            if !conn.is_autocommit() {
-                let _ = conn.execute_batch("ROLLBACK");
+    }
+
+    fn stage_rows(&mut self, rows: Vec<IndexRow>) {
+        if rows.is_empty() {
+            return;
+        }
+        self.note_waiting();
+        self.rows.extend(rows);
+    }
+
+    fn wants_flush(&self) -> bool {
+        self.rows.len().max(self.entries.len()) >= DEFERRED_CHUNK
+    }
+
+    /// Chain `records` after the head and append them to the journal (on
+    /// the caller's task, under the chain's lock). `unsynced`: raised for
+    /// the checkpoint thread to fsync the segment (`AuditSync::Checkpoint`);
+    /// `fsync`: the caller fsyncs it before answering instead.
+    ///
+    /// # Errors
+    /// The journal write failed: nothing was chained.
+    pub(crate) fn journal(
+        &mut self,
+        records: &[AuditRecord],
+        unsynced: Option<&AtomicBool>,
+        fsync: bool,
+    ) -> Result<Journaled, StoreError> {
+        if self.journal.is_none() || self.entries.len() >= MAX_WAITING_ENTRIES {
+            return Ok(Journaled::NoJournal);
+        }
+        let start = self.head;
+        let mut entries = Vec::with_capacity(records.len());
+        let mut rows = Vec::with_capacity(records.len());
+        self.frames.clear();
+        for record in records {
+            let bytes = canonical_bytes(record);
+            let hash = chain_hash_bytes(&self.head.hash, &bytes);
+            let seq = self.head.seq + 1;
+            let entry = JournalEntry { seq, bytes, hash };
+            if let Err(e) = crate::journal::encode(&entry, &mut self.frames) {
+                self.head = start;
+                return Err(e);
             }
-            self.from_ledger = true;
-        } else {
-            self.from_ledger = false;
+            rows.push(IndexRow::of(seq, record));
+            entries.push(entry);
+            self.head = Head { seq, hash };
         }
+        let Some(journal) = self.journal.as_mut() else {
+            self.head = start;
+            return Ok(Journaled::NoJournal);
+        };
+        if let Err((e, unusable)) = journal.append(&self.frames) {
+            self.head = start;
+            tracing::error!(error = %e, path = %journal.path().display(), "cannot write the audit journal");
+            if unusable {
+                // Cutting back failed: never append after a torn frame.
+                // What waits stays in memory and goes to the ledger table.
+                self.journal = None;
+            }
+            return Err(StoreError::Unavailable(format!(
+                "cannot write the audit journal: {e}"
+            )));
+        }
+        let sync = fsync.then(|| journal.current_file());
+        if !fsync && let Some(flag) = unsynced {
+            flag.store(true, Ordering::Release);
+        }
+        self.note_waiting();
+        self.entries.extend(entries);
+        self.rows.extend(rows);
+        Ok(Journaled::Done {
+            sync,
+            flush_due: self.wants_flush(),
+        })
+    }
+
+    /// Take what waits, sealing the journal's segment so appends go on in a
+    /// new one while the flush writes.
+    fn take_for_flush(&mut self) -> FlushWork {
+        if let Some(journal) = self.journal.as_mut() {
+            match journal.seal() {
+                Ok(Some(sealed)) => self.sealed.push(sealed),
+                Ok(None) => {}
+                Err(e) => {
+                    // Keep appending to the current segment; it is sealed
+                    // next time. Only its deletion waits.
+                    tracing::warn!(error = %e, "cannot start a new audit journal segment");
+                }
+            }
+        }
+        FlushWork {
+            entries: std::mem::take(&mut self.entries),
+            sealed: std::mem::take(&mut self.sealed),
+            rows: std::mem::take(&mut self.rows),
+            from_ledger: std::mem::take(&mut self.from_ledger),
+        }
+    }
+
+    /// A flush failed: its entries go back in front of any appended since
+    /// (they are evidence), its segments wait for a later flush, and its
+    /// rows are left to be re-derived from the ledger.
+    fn flush_failed(&mut self, mut work: FlushWork) {
+        work.entries.append(&mut self.entries);
+        self.entries = work.entries;
+        work.sealed.append(&mut self.sealed);
+        self.sealed = work.sealed;
         self.rows.clear();
+        self.from_ledger = true;
+        self.oldest.store(crate::now_micros(), Ordering::Release);
+    }
+
+    fn flush_done(&mut self) {
         self.oldest.store(
-            if self.from_ledger {
-                crate::now_micros()
-            } else {
+            if self.is_empty() {
                 0
+            } else {
+                crate::now_micros()
             },
             Ordering::Release,
         );
-        result
     }
+}
+
+/// Write everything that waits in the chain in one transaction, with the
+/// chain unlocked (appends go on into a new journal segment meanwhile).
+/// Sealed segments are deleted once their entries are durably in the ledger.
+fn flush(conn: &Connection, chain: &SharedChain, sync: &mut SyncMode) -> Result<(), StoreError> {
+    let work = {
+        let mut guard = chain.blocking_lock();
+        if guard.is_empty() {
+            return Ok(());
+        }
+        guard.take_for_flush()
+    };
+    // What was appended to the sealed segments is on disk before its entries
+    // count as moved (the checkpoint thread fsyncs only the current one).
+    for sealed in &work.sealed {
+        if let Err(e) = sealed.file.sync_data() {
+            tracing::warn!(error = %e, path = %sealed.path.display(), "cannot fsync an audit journal segment");
+        }
+    }
+    // Entries leave the journal only once durably in the ledger; index rows
+    // alone are derived data, never worth an fsync.
+    sync.set(conn, work.entries.is_empty());
+    let result = conn
+        .execute_batch("BEGIN IMMEDIATE")
+        .map_err(sql_err)
+        .and_then(|()| insert_into_ledger(conn, &work.entries))
+        .and_then(|()| {
+            if work.from_ledger {
+                crate::audit::index_from_ledger(conn)
+            } else {
+                work.rows
+                    .iter()
+                    .try_for_each(|row| crate::audit::index_entry(conn, row))
+            }
+        })
+        .and_then(|()| conn.execute_batch("COMMIT").map_err(sql_err));
+    sync.note_commit();
+    if result.is_err() && !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    let mut guard = chain.blocking_lock();
+    match &result {
+        Ok(()) => {
+            for sealed in &work.sealed {
+                if let Err(e) = std::fs::remove_file(&sealed.path) {
+                    // Harmless: recovery skips entries the ledger has.
+                    tracing::warn!(error = %e, path = %sealed.path.display(), "cannot delete an audit journal segment");
+                }
+            }
+            guard.flush_done();
+        }
+        Err(_) => guard.flush_failed(work),
+    }
+    result
 }
 
 /// The ledger's chain head: last seq and its hash.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Head {
-    seq: i64,
-    hash: [u8; 32],
+    pub(crate) seq: i64,
+    pub(crate) hash: [u8; 32],
 }
 
 /// Load the chain head from the last ledger row.
@@ -204,15 +412,16 @@ pub(crate) fn load_head(conn: &Connection) -> Result<Head, StoreError> {
 /// sender is gone.
 ///
 /// `unsynced` (see [`crate::AuditSync::Checkpoint`]): batches of audit
-/// appends alone commit with `synchronous=NORMAL` (no fsync) and raise the
-/// flag for the checkpoint thread; any batch with a write set commits FULL.
+/// appends alone go to the journal (or, without one, commit with
+/// `synchronous=NORMAL`) without an fsync and raise the flag for the
+/// checkpoint thread; any batch with a write set commits FULL.
+/// `journal_fsync`: fsync the journal before answering (`AuditSync::Commit`).
 pub(crate) fn run(
     conn: Connection,
     mut rx: Receiver<Job>,
-    mut head: Head,
+    chain: SharedChain,
     group: GroupCommit,
     unsynced: Option<Arc<AtomicBool>>,
-    mut backlog: IndexBacklog,
     wal: WalLimit,
 ) {
     let mut sync = SyncMode {
@@ -251,32 +460,40 @@ pub(crate) fn run(
         let mut tick = false;
         if batch
             .iter()
-            .any(|j| matches!(j, Job::IndexBarrier(_) | Job::IndexTick))
+            .any(|j| matches!(j, Job::Barrier(_) | Job::Tick))
         {
             for job in std::mem::take(&mut batch) {
                 match job {
-                    Job::IndexBarrier(reply) => barriers.push(reply),
-                    Job::IndexTick => tick = true,
+                    Job::Barrier(reply) => barriers.push(reply),
+                    Job::Tick => tick = true,
                     other => batch.push(other),
                 }
             }
         }
+        // Whether this round wrote to SQLite (journal appends do not).
+        let mut committed = false;
         if !batch.is_empty() {
             let audit_only = batch.iter().all(|j| matches!(j, Job::Audit(..)));
+            if chain.blocking_lock().entries.len() > FLUSH_BEFORE_WRITES
+                && let Err(e) = flush(&conn, &chain, &mut sync)
+            {
+                tracing::warn!(error = %e, "cannot write deferred audit entries; the batch takes them");
+            }
             sync.set(&conn, audit_only);
-            run_batch(&conn, &mut batch, &mut head, &mut backlog);
+            run_batch(&conn, &mut batch, &chain);
             sync.note_commit();
+            committed = true;
         }
         batch.clear();
-        let flush_now =
-            tick || !barriers.is_empty() || closing.is_some() || backlog.rows.len() >= INDEX_CHUNK;
-        if flush_now && !backlog.is_empty() {
-            // Derived data: never worth an fsync of its own.
-            sync.set(&conn, true);
-            let flushed = backlog.flush(&conn);
-            sync.note_commit();
+        let flush_now = tick
+            || !barriers.is_empty()
+            || closing.is_some()
+            || chain.blocking_lock().wants_flush();
+        if flush_now {
+            committed = true;
+            let flushed = flush(&conn, &chain, &mut sync);
             if let Err(e) = &flushed {
-                tracing::warn!(error = %e, "cannot write the audit index; it will be re-derived from the ledger");
+                tracing::warn!(error = %e, "cannot write deferred audit entries; they wait for the next flush");
             }
             for reply in barriers.drain(..) {
                 let _ = reply.send(flushed.as_ref().map(|_| ()).map_err(clone_err));
@@ -285,7 +502,9 @@ pub(crate) fn run(
         for reply in barriers.drain(..) {
             let _ = reply.send(Ok(()));
         }
-        wal.keep_bounded(&conn);
+        if committed {
+            wal.keep_bounded(&conn);
+        }
         if let Some(reply) = closing {
             let _ = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)");
             drop(conn);
@@ -424,15 +643,30 @@ enum Abort {
 /// before a job writes anything, so a failed precondition needs no rollback.
 /// A job that fails *while writing* (rare: a racing duplicate version, I/O)
 /// rolls back the whole transaction and the batch is retried without it.
-fn run_batch(conn: &Connection, batch: &mut Vec<Job>, head: &mut Head, backlog: &mut IndexBacklog) {
-    let start = *head;
+///
+/// The chain stays locked from the first attempt to the last COMMIT: the
+/// batch's entries follow every entry chained before it, and none can be
+/// chained after a head that a rollback then undoes.
+fn run_batch(conn: &Connection, batch: &mut Vec<Job>, chain: &SharedChain) {
+    let mut guard = chain.blocking_lock();
+    let chain = &mut *guard;
+    let start = chain.head;
     let mut failed: Vec<Option<StoreError>> = batch.iter().map(|_| None).collect();
     let results = loop {
         // The index rows of this attempt's entries; kept only if it commits.
         let mut staged = Vec::new();
-        match attempt(conn, batch, &failed, head, &mut staged) {
+        match attempt(
+            conn,
+            batch,
+            &failed,
+            &mut chain.head,
+            &mut staged,
+            &chain.entries,
+        ) {
             Ok(results) => {
-                backlog.push(staged);
+                // The journaled entries went in first, in this transaction.
+                chain.entries.clear();
+                chain.stage_rows(staged);
                 break results;
             }
             Err(abort) => {
@@ -440,7 +674,7 @@ fn run_batch(conn: &Connection, batch: &mut Vec<Job>, head: &mut Head, backlog: 
                 if !conn.is_autocommit() {
                     let _ = conn.execute_batch("ROLLBACK");
                 }
-                *head = start;
+                chain.head = start;
                 match abort {
                     Abort::Job(i, e) => {
                         if let Some(slot) = failed.get_mut(i) {
@@ -455,15 +689,16 @@ fn run_batch(conn: &Connection, batch: &mut Vec<Job>, head: &mut Head, backlog: 
             }
         }
     };
+    drop(guard);
     for (job, result) in batch.drain(..).zip(results) {
         match job {
             Job::Commit(_, reply) => {
                 let _ = reply.send(result);
             }
-            Job::Audit(_, reply) | Job::IndexBarrier(reply) => {
+            Job::Audit(_, reply) | Job::Barrier(reply) => {
                 let _ = reply.send(result.map(|_| ()));
             }
-            Job::IndexTick | Job::Close(_) => {}
+            Job::Tick | Job::Close(_) => {}
         }
     }
 }
@@ -479,16 +714,19 @@ fn clone_err(e: &StoreError) -> StoreError {
 
 const NO_WRITES: CommitReceipt = CommitReceipt { first_seq: 0 };
 
-/// One transaction over the jobs not already failed.
+/// One transaction over the jobs not already failed, after the journaled
+/// entries that precede them in the chain.
 fn attempt(
     conn: &Connection,
     batch: &[Job],
     failed: &[Option<StoreError>],
     head: &mut Head,
     staged: &mut Vec<IndexRow>,
+    journaled: &[JournalEntry],
 ) -> Result<Vec<Result<CommitReceipt, StoreError>>, Abort> {
     conn.execute_batch("BEGIN IMMEDIATE")
         .map_err(|e| Abort::Batch(sql_err(e)))?;
+    insert_into_ledger(conn, journaled).map_err(Abort::Batch)?;
     let mut results = Vec::with_capacity(batch.len());
     for (i, job) in batch.iter().enumerate() {
         if let Some(Some(e)) = failed.get(i) {
@@ -511,7 +749,7 @@ fn attempt(
                 append(conn, records, head, staged).map_err(|e| Abort::Job(i, e))?;
                 Ok(NO_WRITES)
             }
-            Job::IndexBarrier(_) | Job::IndexTick | Job::Close(_) => Ok(NO_WRITES),
+            Job::Barrier(_) | Job::Tick | Job::Close(_) => Ok(NO_WRITES),
         };
         results.push(result);
     }
