@@ -483,9 +483,11 @@ impl Store for SqliteStore {
         if self.closed.load(Ordering::Acquire) {
             return Err(gone());
         }
-        // On this task, no hop to the writer thread (see `journal`).
+        // On this task, no hop to the writer thread (see `journal`); the
+        // canonical bytes are made before the lock is taken.
+        let prepared: Vec<writer::Prepared> = entries.iter().map(writer::Prepared::of).collect();
         let journaled = self.chain.lock().await.journal(
-            &entries,
+            prepared,
             self.unsynced.as_deref(),
             self.journal_fsync,
         )?;

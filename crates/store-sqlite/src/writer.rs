@@ -149,6 +149,22 @@ pub(crate) struct Chain {
     frames: Vec<u8>,
 }
 
+/// An audit record's canonical bytes and index row, made before taking the
+/// chain's lock (only the seq and the hash need the lock).
+pub(crate) struct Prepared {
+    bytes: Vec<u8>,
+    row: IndexRow,
+}
+
+impl Prepared {
+    pub(crate) fn of(record: &AuditRecord) -> Self {
+        Self {
+            bytes: canonical_bytes(record),
+            row: IndexRow::of(0, record),
+        }
+    }
+}
+
 /// The chain, shared by the store's tasks and the writer thread.
 pub(crate) type SharedChain = Arc<tokio::sync::Mutex<Chain>>;
 
@@ -222,7 +238,7 @@ impl Chain {
     /// The journal write failed: nothing was chained.
     pub(crate) fn journal(
         &mut self,
-        records: &[AuditRecord],
+        prepared: Vec<Prepared>,
         unsynced: Option<&AtomicBool>,
         fsync: bool,
     ) -> Result<Journaled, StoreError> {
@@ -230,11 +246,10 @@ impl Chain {
             return Ok(Journaled::NoJournal);
         }
         let start = self.head;
-        let mut entries = Vec::with_capacity(records.len());
-        let mut rows = Vec::with_capacity(records.len());
+        let mut entries = Vec::with_capacity(prepared.len());
+        let mut rows = Vec::with_capacity(prepared.len());
         self.frames.clear();
-        for record in records {
-            let bytes = canonical_bytes(record);
+        for Prepared { bytes, mut row } in prepared {
             let hash = chain_hash_bytes(&self.head.hash, &bytes);
             let seq = self.head.seq + 1;
             let entry = JournalEntry { seq, bytes, hash };
@@ -242,7 +257,8 @@ impl Chain {
                 self.head = start;
                 return Err(e);
             }
-            rows.push(IndexRow::of(seq, record));
+            row.seq = seq;
+            rows.push(row);
             entries.push(entry);
             self.head = Head { seq, hash };
         }
