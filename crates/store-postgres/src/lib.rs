@@ -4,7 +4,7 @@
 //! # Layout
 //! - [`PostgresStore`] / [`PostgresOptions`]: connect (pool + migrations +
 //!   writer task), implement [`carelayer_store::Store`], plus
-//!   [`PostgresStore::explain`] to show the plan a search gets and
+//!   [`PostgresStore::explain`] to show the generic plan a search gets and
 //!   [`migrate`] for `carelayer migrate`.
 //! - `schema`: the migrations this crate owns (`schema_migrations`, applied
 //!   under an advisory lock) and the table shapes, with the reasons for them.
@@ -308,8 +308,9 @@ impl PostgresStore {
         })
     }
 
-    /// `EXPLAIN` of the page statement `search` would run, one line per plan
-    /// row (for tests asserting that searches use indexes).
+    /// `EXPLAIN` of the generic plan of the page statement `search` would
+    /// run (the plan a prepared search settles on), one line per plan row
+    /// (for tests asserting that searches use indexes).
     ///
     /// # Errors
     /// As [`Store::search`].
