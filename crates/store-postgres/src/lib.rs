@@ -4,7 +4,7 @@
 //! # Layout
 //! - [`PostgresStore`] / [`PostgresOptions`]: connect (pool + migrations +
 //!   writer task), implement [`carelayer_store::Store`], plus
-//!   [`PostgresStore::explain`] to show the plan a search gets and
+//!   [`PostgresStore::explain`] to show the generic plan a search gets and
 //!   [`migrate`] for `carelayer migrate`.
 //! - `schema`: the migrations this crate owns (`schema_migrations`, applied
 //!   under an advisory lock) and the table shapes, with the reasons for them.
@@ -218,8 +218,20 @@ fn pg_config(url: &str, o: &PostgresOptions) -> Result<tokio_postgres::Config, S
         .parse()
         .map_err(|e| StoreError::Other(format!("bad PostgreSQL URL: {e}")))?;
     let ms = o.statement_timeout.as_millis().max(1);
+    // Every statement carelayer prepares has a plan that does not depend
+    // on its values: key lookups, `unnest` inserts, and searches whose
+    // statement fixes the plan's shape (`search.rs`; `tests/plans.rs`
+    // checks them on generic plans). PostgreSQL's default (`auto`) keeps
+    // planning a statement for its values whenever a generic plan's
+    // estimate looks costlier than the custom ones', which for the
+    // writer's array statements it always does (`unnest` of an unknown
+    // array is guessed at 100 rows, of a known one at its length) and for
+    // a search often does (a rare value looks cheaper than the average):
+    // in the transaction workload planning was 40% of PostgreSQL's CPU.
+    config.options(format!(
+        "-c statement_timeout={ms} -c plan_cache_mode=force_generic_plan"
+    ));
     config
-        .options(format!("-c statement_timeout={ms}"))
         .application_name(&o.application_name)
         .connect_timeout(o.connect_timeout)
         // Notice a peer that vanished without closing the socket.
@@ -308,8 +320,9 @@ impl PostgresStore {
         })
     }
 
-    /// `EXPLAIN` of the page statement `search` would run, one line per plan
-    /// row (for tests asserting that searches use indexes).
+    /// `EXPLAIN` of the generic plan of the page statement `search` would
+    /// run (the plan a prepared search settles on), one line per plan row
+    /// (for tests asserting that searches use indexes).
     ///
     /// # Errors
     /// As [`Store::search`].
@@ -578,6 +591,15 @@ mod tests {
             Some("postgres://h:5432/x".to_owned())
         );
         assert!(with_database("host=h dbname=d", "x").is_err());
+    }
+
+    #[test]
+    fn connections_run_generic_plans() {
+        let config = pg_config("postgres://h/db", &PostgresOptions::default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let options = config.get_options().unwrap_or_default();
+        assert!(options.contains("-c plan_cache_mode=force_generic_plan"));
+        assert!(options.contains("-c statement_timeout=5000"));
     }
 
     #[test]

@@ -5,8 +5,7 @@
 //! cache (bounded for search shapes, which users choose).
 
 use carelayer_store::{
-    HistoryQuery, HistoryScope, Predicate, SearchPage, SearchQuery, StoreError, StoredResource,
-    TotalMode,
+    HistoryQuery, HistoryScope, SearchPage, SearchQuery, StoreError, StoredResource, TotalMode,
 };
 use deadpool_postgres::Object;
 use tokio_postgres::Row;
@@ -174,53 +173,23 @@ pub(crate) async fn count(client: &Object, t: Option<&str>) -> Result<u64, Store
 /// server) and refills with the shapes in use.
 const SEARCH_STATEMENTS: usize = 256;
 
-/// Whether a search is at most one clause of plain lookups (an identifier,
-/// an id, a patient's compartment, one parameter's values): its plan does
-/// not depend on the values, so a cached generic plan is safe.
-fn one_lookup(q: &SearchQuery) -> bool {
-    match q.clauses.as_slice() {
-        [] => true,
-        [one] => one.any_of.iter().all(|p| {
-            matches!(
-                p,
-                Predicate::Index { .. }
-                    | Predicate::Id(_)
-                    | Predicate::PatientKey(_)
-                    | Predicate::LastUpdated { .. }
-            )
-        }),
-        _ => false,
-    }
-}
-
 pub(crate) async fn search(client: &Object, q: &SearchQuery) -> Result<SearchPage, StoreError> {
     // One statement, one round trip, one snapshot (see `build_search`):
     // no transaction, no separate head, body or count queries.
     let sql = build_search(q, crate::now_micros())?;
-    let rows = if one_lookup(q) {
-        // Prepared and cached: planning costs more than running it, and
-        // PostgreSQL may reuse a generic plan (after five custom ones, if
-        // its estimated cost is no worse). With one lookup to drive from,
-        // that plan is the same for every value.
-        if client.statement_cache.size() >= SEARCH_STATEMENTS {
-            client.statement_cache.clear();
-        }
-        let stmt = client
-            .prepare_typed_cached(&sql.text, &sql.types)
-            .await
-            .map_err(pg_err)?;
-        client.query(&stmt, &sql.refs()).await.map_err(pg_err)?
-    } else {
-        // Several clauses: which one should drive depends on the values
-        // (a patient's observations of a common code), and a generic plan
-        // guesses without them: measured, it turned a 1 ms search into
-        // 100 ms. Sent typed and unnamed instead (parse, bind and execute
-        // in one exchange), planned for the actual values every time.
-        client
-            .query_typed(&sql.text, &sql.typed())
-            .await
-            .map_err(pg_err)?
-    };
+    // Prepared and cached per shape: the builder fixes which clause drives
+    // and probes the others per candidate row (`search.rs`), so the plan
+    // is right for any values and PostgreSQL may run a generic plan
+    // instead of planning the search again each time (which, for searches
+    // of several clauses, cost more than running them).
+    if client.statement_cache.size() >= SEARCH_STATEMENTS {
+        client.statement_cache.clear();
+    }
+    let stmt = client
+        .prepare_typed_cached(&sql.text, &sql.types)
+        .await
+        .map_err(pg_err)?;
+    let rows = client.query(&stmt, &sql.refs()).await.map_err(pg_err)?;
     let first = rows
         .first()
         .ok_or_else(|| StoreError::Other("a search returned no snapshot row".into()))?;
@@ -283,6 +252,16 @@ pub(crate) async fn search(client: &Object, q: &SearchQuery) -> Result<SearchPag
     })
 }
 
+/// `EXPLAIN` of the generic plan of the page statement a search runs: the
+/// plan a prepared search gets once PostgreSQL stops planning it for its
+/// values, so the one tests must hold to (a custom plan, planned for the
+/// values, can only be as good or better).
+///
+/// PostgreSQL 15 has no `EXPLAIN (GENERIC_PLAN)`: the statement is
+/// `PREPARE`d with the bound values' types and explained by `EXECUTE`
+/// under `plan_cache_mode = force_generic_plan`. `EXECUTE` takes its
+/// arguments as SQL text, so PostgreSQL itself quotes the bound values
+/// (`quote_nullable`) and nothing user-supplied is spliced unquoted.
 pub(crate) async fn explain(client: &Object, q: &SearchQuery) -> Result<Vec<String>, StoreError> {
     let sql = build(
         q,
@@ -290,9 +269,51 @@ pub(crate) async fn explain(client: &Object, q: &SearchQuery) -> Result<Vec<Stri
         Shape::Page,
         crate::now_micros(),
     )?;
-    let rows = client
-        .query_typed(&format!("EXPLAIN {}", sql.text), &sql.typed())
+    let quote = (1..=sql.params.len())
+        .map(|i| format!("quote_nullable(${i})"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let args: String = client
+        .query_typed_one(&format!("SELECT concat_ws(', ', {quote})"), &sql.typed())
         .await
-        .map_err(pg_err)?;
-    Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
+        .map_err(pg_err)?
+        .get(0);
+    let types = sql
+        .types
+        .iter()
+        .map(tokio_postgres::types::Type::name)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let run = async {
+        client
+            .batch_execute(&format!(
+                "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; \
+                 PREPARE carelayer_explain ({types}) AS {}",
+                sql.text
+            ))
+            .await?;
+        let rows = client
+            .simple_query(&format!("EXPLAIN EXECUTE carelayer_explain({args})"))
+            .await;
+        client
+            .batch_execute("DEALLOCATE carelayer_explain; COMMIT")
+            .await?;
+        rows
+    };
+    match run.await {
+        Ok(rows) => Ok(rows
+            .iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                _ => None,
+            })
+            .collect()),
+        Err(e) => {
+            // Leave the pooled connection as it was: no open transaction,
+            // no statement of this name (PREPARE outlives a rollback).
+            let _ = client.batch_execute("ROLLBACK").await;
+            let _ = client.batch_execute("DEALLOCATE carelayer_explain").await;
+            Err(pg_err(e))
+        }
+    }
 }

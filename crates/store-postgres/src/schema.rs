@@ -206,8 +206,17 @@ CREATE TABLE commit_head (
 INSERT INTO commit_head (seq, audit_seq, audit_hash) VALUES (0, 0, '\x0000000000000000000000000000000000000000000000000000000000000000');
 "#;
 
+/// Version 2: `idx_date_long`, the SQLite backend's partial index of long
+/// date ranges (periods, year- and month-precision dates: more than 32
+/// days, `search::SHORT_SPAN_MICROS`), so a date window (`date=ge…&date=lt…`)
+/// can drive a search as it does there: short rows by `idx_date_low`, long
+/// ones by this (`search::Builder::date_window`).
+const V2: &str = r#"
+CREATE INDEX idx_date_long ON idx_date (param, high) WHERE high - low > 2764800000000;
+"#;
+
 /// Ordered migrations; index + 1 is the schema version it produces.
-pub(crate) const MIGRATIONS: &[&str] = &[V1];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// The index tables, cleared for a resource when its current version changes.
 pub(crate) const INDEX_TABLES: &[&str] = &[

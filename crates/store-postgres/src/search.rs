@@ -1,11 +1,15 @@
 //! `SearchQuery` → PostgreSQL over the index tables (a port of the SQLite
 //! backend's translation; the two must agree, the contract suite checks it).
 //!
-//! Every predicate becomes `c.rid IN (SELECT rid FROM idx_x WHERE param = $n
-//! AND …)` (or `NOT IN`) against the `current` table aliased `c`, so the
-//! planner can drive the query from the index tables' `(param, value)`
-//! b-trees. User input only ever reaches PostgreSQL as bound parameters: the
-//! text built here contains nothing but fixed SQL, aliases and `$n`
+//! The statement fixes its own plan's shape, so that it is right for any
+//! values and can be prepared once and run on a generic plan: the most
+//! selective clause (by the same static [`clause_cost`] as SQLite, or a
+//! date window) drives as `c.rid = ANY(ARRAY(index lookup))` (the lookup
+//! runs once, then `current` is probed by primary key), and every other
+//! clause is probed per candidate row by `EXISTS (… WHERE x.rid = c.rid …
+//! OFFSET 0)`, which PostgreSQL cannot turn into a join it might reorder.
+//! User input only ever reaches PostgreSQL as bound parameters: the text
+//! built here contains nothing but fixed SQL, aliases and `$n`
 //! placeholders.
 //!
 //! Semantics worth stating:
@@ -223,12 +227,12 @@ impl Builder {
                     self.sql
                         .push(", (SELECT r.json FROM resources r WHERE r.seq = c.seq) AS json");
                 }
-                self.sql.push(" FROM current c WHERE ");
+                self.sql.push(" ");
             }
-            Shape::Count => self.sql.push("SELECT count(*) FROM current c WHERE "),
-            Shape::Ids => self.sql.push("SELECT c.id FROM current c WHERE "),
+            Shape::Count => self.sql.push("SELECT count(*) "),
+            Shape::Ids => self.sql.push("SELECT c.id "),
         }
-        self.where_for(query, "c", snapshot)?;
+        self.source_and_conditions(query, "c", snapshot)?;
         if shape == Shape::Page {
             self.order_by(&query.sort)?;
             self.sql.push(" LIMIT ");
@@ -246,12 +250,64 @@ impl Builder {
         format!("{stem}{}", self.next_alias)
     }
 
-    /// `deleted = 0`, snapshot, types, then every clause, ANDed.
-    fn where_for(
+    /// `FROM … {c} WHERE …` for `q`: the rows of `current` (alias `c`) the
+    /// query matches.
+    ///
+    /// The cheapest clause (by [`clause_cost`]), or a date window, is the
+    /// row source: `(SELECT * FROM current WHERE rid = ANY(ARRAY(<its
+    /// rids>)) OFFSET 0) c`. The array's lookup runs once (an InitPlan)
+    /// and `current` is then read by primary key only: `OFFSET 0` keeps
+    /// PostgreSQL from pushing the other conditions into that scan, where a
+    /// generic plan would combine it with a walk of every current row of
+    /// the type (`type = $n`) or below the snapshot (`seq <= $n`). Every
+    /// other clause is a probe of the candidate row (see [`Self::probe`]).
+    /// The plan's shape is thereby fixed by the statement, not by the
+    /// values, which is what makes a generic plan safe.
+    fn source_and_conditions(
         &mut self,
         q: &SearchQuery,
         c: &str,
         snapshot: Snapshot,
+    ) -> Result<(), StoreError> {
+        let best = q
+            .clauses
+            .iter()
+            .enumerate()
+            .filter(|(_, cl)| drivable(cl))
+            .min_by_key(|(_, cl)| clause_cost(cl));
+        let mut driver = best.map(|(i, _)| i);
+        // Two open-ended date tests on one parameter (`ge` one day, `lt`
+        // another) are each broad, but together a narrow window: that
+        // window drives, and every clause, the date ones included, is probed.
+        let window = DateWindow::of(q, self.now_micros)
+            .filter(|w| best.is_none_or(|(_, cl)| w.cost() < clause_cost(cl)));
+        if window.is_some() {
+            driver = None;
+        }
+        if let Some(w) = &window {
+            self.sql
+                .push("FROM (SELECT * FROM current WHERE rid = ANY(ARRAY(");
+            self.date_window(w, q);
+            let _ = write!(self.sql.text, ")) OFFSET 0) {c} WHERE ");
+        } else if let Some(i) = driver {
+            self.sql
+                .push("FROM (SELECT * FROM current WHERE rid = ANY(ARRAY(");
+            self.clause_rids(&q.clauses[i], q, snapshot)?;
+            let _ = write!(self.sql.text, ")) OFFSET 0) {c} WHERE ");
+        } else {
+            let _ = write!(self.sql.text, "FROM current {c} WHERE ");
+        }
+        self.conditions(q, c, snapshot, driver)
+    }
+
+    /// `NOT deleted`, snapshot, types, then every clause but `skip` (the
+    /// row source, already applied) as a probe, ANDed.
+    fn conditions(
+        &mut self,
+        q: &SearchQuery,
+        c: &str,
+        snapshot: Snapshot,
+        skip: Option<usize>,
     ) -> Result<(), StoreError> {
         let _ = write!(self.sql.text, "NOT {c}.deleted");
         match snapshot {
@@ -264,14 +320,204 @@ impl Builder {
                 let _ = write!(self.sql.text, " AND {c}.seq <= h.snap");
             }
         }
+        self.only_types(c, q, true);
+        for (i, clause) in q.clauses.iter().enumerate() {
+            if Some(i) == skip {
+                continue;
+            }
+            self.sql.push(" AND ");
+            if clause.any_of.is_empty() {
+                // An empty disjunction is false.
+                self.sql.push("FALSE");
+                continue;
+            }
+            self.sql.push("(");
+            for (j, p) in clause.any_of.iter().enumerate() {
+                if j > 0 {
+                    self.sql.push(" OR ");
+                }
+                self.probe(p, c, snapshot)?;
+            }
+            self.sql.push(")");
+        }
+        Ok(())
+    }
+
+    /// The rids of `current` rows matching a (drivable) clause: the union
+    /// of each predicate's lookup.
+    fn clause_rids(
+        &mut self,
+        clause: &Clause,
+        q: &SearchQuery,
+        snapshot: Snapshot,
+    ) -> Result<(), StoreError> {
+        for (i, p) in clause.any_of.iter().enumerate() {
+            if i > 0 {
+                self.sql.push(" UNION ALL ");
+            }
+            self.predicate_rids(p, q, snapshot)?;
+        }
+        Ok(())
+    }
+
+    /// `SELECT rid …` of the rows one predicate matches, by an index
+    /// lookup (only for [`drivable`] predicates).
+    fn predicate_rids(
+        &mut self,
+        p: &Predicate,
+        q: &SearchQuery,
+        snapshot: Snapshot,
+    ) -> Result<(), StoreError> {
+        match p {
+            Predicate::Id(id) => {
+                let x = self.alias("x");
+                let _ = write!(
+                    self.sql.text,
+                    "SELECT {x}.rid FROM current {x} WHERE {x}.id = "
+                );
+                self.sql.bind(id.clone());
+                self.only_types(&x, q, true);
+            }
+            Predicate::PatientKey(k) => {
+                let x = self.alias("x");
+                let _ = write!(
+                    self.sql.text,
+                    "SELECT {x}.rid FROM current {x} WHERE {x}.patient_key = "
+                );
+                self.sql.bind(k.clone());
+                self.only_types(&x, q, true);
+            }
+            Predicate::LastUpdated { prefix, low, high } => {
+                let x = self.alias("x");
+                let _ = write!(self.sql.text, "SELECT {x}.rid FROM current {x} WHERE TRUE");
+                self.only_types(&x, q, true);
+                self.sql.push(" AND ");
+                let col = format!("{x}.last_updated");
+                self.range(&col, &col, *prefix, *low, *high);
+            }
+            Predicate::Index { param, test } => self.index_subquery(param, test, None)?,
+            Predicate::Missing {
+                param,
+                missing: false,
+            } => {
+                // The rows of every table holding the parameter.
+                for (i, table) in crate::schema::INDEX_TABLES.iter().enumerate() {
+                    if i > 0 {
+                        self.sql.push(" UNION ALL ");
+                    }
+                    let _ = write!(self.sql.text, "SELECT rid FROM {table} WHERE param = ");
+                    self.sql.bind(param.clone());
+                }
+            }
+            Predicate::Chain {
+                param,
+                target_type,
+                query,
+            } => {
+                // The targets found first (by their own row source), then
+                // the references to them by `(param, target_id)`.
+                let r = self.alias("r");
+                let t = self.alias("c");
+                let mut inner = (**query).clone();
+                if inner.resource_types.is_empty() {
+                    inner.resource_types = vec![target_type.clone()];
+                }
+                let _ = write!(
+                    self.sql.text,
+                    "SELECT {r}.rid FROM idx_reference {r} WHERE {r}.param = "
+                );
+                self.sql.bind(param.clone());
+                let _ = write!(self.sql.text, " AND {r}.target_type = ");
+                self.sql.bind(target_type.clone());
+                let _ = write!(
+                    self.sql.text,
+                    " AND {r}.target_id = ANY(ARRAY(SELECT {t}.id "
+                );
+                self.source_and_conditions(&inner, &t, snapshot)?;
+                self.sql.push("))");
+            }
+            Predicate::Has {
+                source_type,
+                param,
+                query,
+            } => {
+                // The sources found first, then their references (their own
+                // index rows, by primary key), then the targets.
+                let s = self.alias("c");
+                let found = self.alias("f");
+                let r = self.alias("r");
+                let t = self.alias("c");
+                let mut inner = (**query).clone();
+                inner.resource_types = vec![source_type.clone()];
+                let _ = write!(self.sql.text, "SELECT {t}.rid FROM (SELECT {s}.rid ");
+                self.source_and_conditions(&inner, &s, snapshot)?;
+                let _ = write!(
+                    self.sql.text,
+                    ") {found} CROSS JOIN LATERAL {} {r} \
+                     JOIN current {t} ON {t}.type = {r}.target_type AND {t}.id = {r}.target_id \
+                     WHERE {r}.param = ",
+                    own_rows("idx_reference", &found)
+                );
+                self.sql.bind(param.clone());
+            }
+            Predicate::Not { .. } | Predicate::Missing { missing: true, .. } => {
+                return Err(StoreError::Other(
+                    "a negation cannot be a search's row source".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The date window's rids: the rows of `window.param` that may overlap
+    /// it, a superset of what the window's date tests match (they are
+    /// probed afterwards). Rows spanning at most [`SHORT_SPAN_MICROS`] and
+    /// ending at or after `from` start no earlier than `from - SHORT_SPAN`,
+    /// so their part is one `idx_date_low` range; longer rows (periods,
+    /// year-precision dates) come from the partial index `idx_date_long`.
+    /// (The SQLite backend's window, which this mirrors.)
+    fn date_window(&mut self, window: &DateWindow, q: &SearchQuery) {
+        let (s, l) = (self.alias("w"), self.alias("w"));
+        let _ = write!(
+            self.sql.text,
+            "SELECT {s}.rid FROM idx_date {s} WHERE {s}.param = "
+        );
+        self.sql.bind(window.param.clone());
+        let _ = write!(self.sql.text, " AND {s}.low >= ");
+        self.sql.bind(window.from.saturating_sub(SHORT_SPAN_MICROS));
+        let _ = write!(self.sql.text, " AND {s}.low <= ");
+        self.sql.bind(window.to);
+        let _ = write!(self.sql.text, " AND {s}.high >= ");
+        self.sql.bind(window.from);
+        self.only_types(&s, q, false);
+        let _ = write!(
+            self.sql.text,
+            " UNION ALL SELECT {l}.rid FROM idx_date {l} WHERE {l}.param = "
+        );
+        self.sql.bind(window.param.clone());
+        // Exactly the partial index's condition (a constant, not a bound
+        // value), so PostgreSQL can prove the index applies.
+        let _ = write!(
+            self.sql.text,
+            " AND {l}.high - {l}.low > {SHORT_SPAN_MICROS} AND {l}.high >= "
+        );
+        self.sql.bind(window.from);
+        let _ = write!(self.sql.text, " AND {l}.low <= ");
+        self.sql.bind(window.to);
+        self.only_types(&l, q, false);
+    }
+
+    /// `AND x.type = $n` (or `IN (…)` for several types when `several`):
+    /// the query's types on alias `x` of `current` or an index table.
+    fn only_types(&mut self, x: &str, q: &SearchQuery, several: bool) {
         match q.resource_types.as_slice() {
             [] => {}
             [one] => {
-                let _ = write!(self.sql.text, " AND {c}.type = ");
+                let _ = write!(self.sql.text, " AND {x}.type = ");
                 self.sql.bind(one.clone());
             }
-            many => {
-                let _ = write!(self.sql.text, " AND {c}.type IN (");
+            many if several => {
+                let _ = write!(self.sql.text, " AND {x}.type IN (");
                 for (i, t) in many.iter().enumerate() {
                     if i > 0 {
                         self.sql.push(", ");
@@ -280,55 +526,18 @@ impl Builder {
                 }
                 self.sql.push(")");
             }
+            _ => {}
         }
-        for clause in &q.clauses {
-            self.sql.push(" AND ");
-            self.clause(clause, c, snapshot)?;
-        }
-        Ok(())
     }
 
-    fn clause(&mut self, clause: &Clause, c: &str, snapshot: Snapshot) -> Result<(), StoreError> {
-        if clause.any_of.is_empty() {
-            // An empty disjunction is false.
-            self.sql.push("FALSE");
-            return Ok(());
-        }
-        if clause.any_of.len() > 1
-            && clause
-                .any_of
-                .iter()
-                .all(|p| matches!(p, Predicate::Index { .. }))
-        {
-            // Index tests ORed (several values, a reference by id or by
-            // URL): one `IN` over their union, which PostgreSQL drives from
-            // the index lookups. `IN (…) OR IN (…)` is no semi-join: it
-            // tests every row of the type against both (a patient's
-            // observations by subject and code took 50 ms on 45k resources).
-            let _ = write!(self.sql.text, "{c}.rid IN (");
-            for (i, p) in clause.any_of.iter().enumerate() {
-                if i > 0 {
-                    self.sql.push(" UNION ALL ");
-                }
-                if let Predicate::Index { param, test } = p {
-                    self.index_subquery(param, test)?;
-                }
-            }
-            self.sql.push(")");
-            return Ok(());
-        }
-        self.sql.push("(");
-        for (i, p) in clause.any_of.iter().enumerate() {
-            if i > 0 {
-                self.sql.push(" OR ");
-            }
-            self.predicate(p, c, snapshot)?;
-        }
-        self.sql.push(")");
-        Ok(())
-    }
-
-    fn predicate(&mut self, p: &Predicate, c: &str, snapshot: Snapshot) -> Result<(), StoreError> {
+    /// One predicate tested on the candidate row `c`: its own columns, or
+    /// its own index rows. Index rows are read through [`own_rows`] (by
+    /// the `(rid, ord)` primary key, every other condition applied
+    /// afterwards), inside `EXISTS (… OFFSET 0)`, which PostgreSQL can
+    /// neither turn into a join it might reorder nor serve from a
+    /// `(param, value)` index: a generic plan, guessing a common code rare,
+    /// would otherwise walk every row with that code for each candidate.
+    fn probe(&mut self, p: &Predicate, c: &str, snapshot: Snapshot) -> Result<(), StoreError> {
         match p {
             Predicate::Id(id) => {
                 let _ = write!(self.sql.text, "{c}.id = ");
@@ -343,26 +552,30 @@ impl Builder {
                 self.sql.bind(k.clone());
             }
             Predicate::Index { param, test } => {
-                let _ = write!(self.sql.text, "{c}.rid IN (");
-                self.index_subquery(param, test)?;
-                self.sql.push(")");
+                self.sql.push("EXISTS (");
+                self.index_subquery(param, test, Some(c))?;
+                self.sql.push(" OFFSET 0)");
             }
             Predicate::Not { param, test } => {
-                let _ = write!(self.sql.text, "{c}.rid NOT IN (");
-                self.index_subquery(param, test)?;
-                self.sql.push(")");
+                self.sql.push("NOT EXISTS (");
+                self.index_subquery(param, test, Some(c))?;
+                self.sql.push(" OFFSET 0)");
             }
             Predicate::Missing { param, missing } => {
-                let op = if *missing { "NOT IN" } else { "IN" };
-                let _ = write!(self.sql.text, "{c}.rid {op} (");
-                // The parameter's type is not known here; a param lives in one
-                // table, and each branch is a `(param, …)` index lookup.
+                let op = if *missing { "NOT " } else { "" };
+                let _ = write!(self.sql.text, "{op}(");
                 for (i, table) in crate::schema::INDEX_TABLES.iter().enumerate() {
                     if i > 0 {
-                        self.sql.push(" UNION ALL ");
+                        self.sql.push(" OR ");
                     }
-                    let _ = write!(self.sql.text, "SELECT rid FROM {table} WHERE param = ");
+                    let x = self.alias("x");
+                    let _ = write!(
+                        self.sql.text,
+                        "EXISTS (SELECT 1 FROM {} {x} WHERE {x}.param = ",
+                        own_rows(table, c)
+                    );
                     self.sql.bind(param.clone());
+                    self.sql.push(" OFFSET 0)");
                 }
                 self.sql.push(")");
             }
@@ -371,56 +584,62 @@ impl Builder {
                 target_type,
                 query,
             } => {
+                // The candidate's references, each target tested.
                 let r = self.alias("r");
                 let t = self.alias("c");
-                let _ = write!(
-                    self.sql.text,
-                    "{c}.rid IN (SELECT {r}.rid FROM idx_reference {r} WHERE {r}.param = "
-                );
-                self.sql.bind(param.clone());
-                let _ = write!(self.sql.text, " AND {r}.target_type = ");
-                self.sql.bind(target_type.clone());
-                let _ = write!(
-                    self.sql.text,
-                    " AND {r}.target_id IN (SELECT {t}.id FROM current {t} WHERE "
-                );
                 let mut inner = (**query).clone();
                 if inner.resource_types.is_empty() {
                     inner.resource_types = vec![target_type.clone()];
                 }
-                self.where_for(&inner, &t, snapshot)?;
-                self.sql.push("))");
+                let _ = write!(
+                    self.sql.text,
+                    "EXISTS (SELECT 1 FROM {} {r} \
+                     JOIN current {t} ON {t}.type = {r}.target_type AND {t}.id = {r}.target_id \
+                     WHERE {r}.param = ",
+                    own_rows("idx_reference", c)
+                );
+                self.sql.bind(param.clone());
+                let _ = write!(self.sql.text, " AND {r}.target_type = ");
+                self.sql.bind(target_type.clone());
+                self.sql.push(" AND ");
+                self.conditions(&inner, &t, snapshot, None)?;
+                self.sql.push(" OFFSET 0)");
             }
             Predicate::Has {
                 source_type,
                 param,
                 query,
             } => {
+                // The references to the candidate (`idx_reference_back`),
+                // each source tested.
                 let r = self.alias("r");
                 let s = self.alias("c");
-                let t = self.alias("c");
-                let _ = write!(
-                    self.sql.text,
-                    "{c}.rid IN (SELECT {t}.rid FROM idx_reference {r} \
-                     JOIN current {s} ON {s}.rid = {r}.rid \
-                     JOIN current {t} ON {t}.type = {r}.target_type AND {t}.id = {r}.target_id \
-                     WHERE {r}.param = "
-                );
-                self.sql.bind(param.clone());
-                let _ = write!(self.sql.text, " AND {r}.type = ");
-                self.sql.bind(source_type.clone());
-                self.sql.push(" AND ");
                 let mut inner = (**query).clone();
                 inner.resource_types = vec![source_type.clone()];
-                self.where_for(&inner, &s, snapshot)?;
-                self.sql.push(")");
+                let _ = write!(
+                    self.sql.text,
+                    "EXISTS (SELECT 1 FROM (SELECT * FROM idx_reference \
+                     WHERE target_type = {c}.type AND target_id = {c}.id OFFSET 0) {r} \
+                     JOIN current {s} ON {s}.rid = {r}.rid WHERE {r}.param = "
+                );
+                self.sql.bind(param.clone());
+                self.sql.push(" AND ");
+                self.conditions(&inner, &s, snapshot, None)?;
+                self.sql.push(" OFFSET 0)");
             }
         }
         Ok(())
     }
 
-    /// `SELECT rid FROM <table> x WHERE x.param = ? AND <test>`.
-    fn index_subquery(&mut self, param: &str, test: &IndexTest) -> Result<(), StoreError> {
+    /// `SELECT x.rid FROM <table> x WHERE x.param = $n AND <test>`, or with
+    /// `correlate = Some(c)` `SELECT 1 FROM <c's own rows> x WHERE …` (a
+    /// probe; see [`own_rows`]).
+    fn index_subquery(
+        &mut self,
+        param: &str,
+        test: &IndexTest,
+        correlate: Option<&str>,
+    ) -> Result<(), StoreError> {
         if let IndexTest::Composite(parts) = test {
             let k = self.alias("k");
             let mut joins = Vec::with_capacity(parts.len());
@@ -428,7 +647,18 @@ impl Builder {
                 let a = self.alias("p");
                 joins.push((table_for(part)?, a));
             }
-            let _ = write!(self.sql.text, "SELECT {k}.rid FROM idx_composite {k}");
+            match correlate {
+                Some(c) => {
+                    let _ = write!(
+                        self.sql.text,
+                        "SELECT 1 FROM {} {k}",
+                        own_rows("idx_composite", c)
+                    );
+                }
+                None => {
+                    let _ = write!(self.sql.text, "SELECT {k}.rid FROM idx_composite {k}");
+                }
+            }
             for (table, a) in &joins {
                 let _ = write!(
                     self.sql.text,
@@ -447,10 +677,15 @@ impl Builder {
         }
         let x = self.alias("x");
         let table = table_for(test)?;
-        let _ = write!(
-            self.sql.text,
-            "SELECT {x}.rid FROM {table} {x} WHERE {x}.param = "
-        );
+        match correlate {
+            Some(c) => {
+                let _ = write!(self.sql.text, "SELECT 1 FROM {} {x}", own_rows(table, c));
+            }
+            None => {
+                let _ = write!(self.sql.text, "SELECT {x}.rid FROM {table} {x}");
+            }
+        }
+        let _ = write!(self.sql.text, " WHERE {x}.param = ");
         self.sql.bind(param.to_owned());
         self.sql.push(" AND ");
         self.test(test, &x)
@@ -761,6 +996,175 @@ impl Builder {
             self.sql.push(" NULLS LAST");
         }
     }
+}
+
+/// Stored date ranges spanning more than this (µs; 32 days: a month-precision
+/// date and anything shorter is "short") are indexed again in the partial
+/// index `idx_date_long`, which [`Builder::date_window`] reads for them.
+///
+/// This constant, [`DateWindow`] and [`clause_cost`] are the SQLite
+/// backend's (`store-sqlite/src/search.rs`), kept identical so both
+/// backends drive a search from the same clause; the partial index's
+/// condition (schema version 2) spells the constant out.
+pub(crate) const SHORT_SPAN_MICROS: i64 = 32 * 24 * 3600 * 1_000_000;
+
+/// A closed window `[from, to]` that every row matching the query's date
+/// tests on `param` overlaps: each test implies `high >= from` or
+/// `low <= to` (see the module docs for the tests), and ANDed clauses
+/// narrow the window.
+#[derive(Debug, Clone, PartialEq)]
+struct DateWindow {
+    param: String,
+    from: i64,
+    to: i64,
+}
+
+impl DateWindow {
+    /// The narrowest closed window the query's single-test date clauses
+    /// give, if any parameter has both ends.
+    fn of(q: &SearchQuery, now: i64) -> Option<Self> {
+        let mut bounds: Vec<(&str, Option<i64>, Option<i64>)> = Vec::new();
+        for clause in &q.clauses {
+            let [
+                Predicate::Index {
+                    param,
+                    test: IndexTest::Date { prefix, low, high },
+                },
+            ] = clause.any_of.as_slice()
+            else {
+                continue;
+            };
+            let (from, to) = implied_window(*prefix, *low, *high, now);
+            match bounds.iter_mut().find(|(p, _, _)| *p == param.as_str()) {
+                Some((_, f, t)) => {
+                    *f = max_opt(*f, from);
+                    *t = min_opt(*t, to);
+                }
+                None => bounds.push((param, from, to)),
+            }
+        }
+        bounds
+            .into_iter()
+            .filter_map(|(param, from, to)| {
+                Some(Self {
+                    param: param.to_owned(),
+                    from: from?,
+                    to: to?,
+                })
+            })
+            .min_by_key(|w| w.to.saturating_sub(w.from))
+    }
+
+    /// Comparable with [`clause_cost`]: up to about a quarter of a year is
+    /// narrower than a shared code; wider is still better than one
+    /// open-ended date test.
+    fn cost(&self) -> u8 {
+        const QUARTER: i64 = 92 * 24 * 3600 * 1_000_000;
+        if self.to.saturating_sub(self.from) <= QUARTER {
+            3
+        } else {
+            6
+        }
+    }
+}
+
+/// What one date test implies about a matching row `[L, H]`: `H >= from`
+/// and/or `L <= to` (`None`: no bound on that side).
+fn implied_window(prefix: Prefix, l: i64, h: i64, now: i64) -> (Option<i64>, Option<i64>) {
+    match prefix {
+        // L >= l ∧ H <= h, and L <= H.
+        Prefix::Eq => (Some(l), Some(h)),
+        Prefix::Ne => (None, None),
+        // H > h; H > h ∨ (L >= l ∧ H <= h) ⇒ H >= l; L > h ⇒ H >= h.
+        Prefix::Gt | Prefix::Sa => (Some(h), None),
+        Prefix::Ge => (Some(l), None),
+        // L < l; L < l ∨ (L >= l ∧ H <= h) ⇒ L <= h; H < l ⇒ L <= l.
+        Prefix::Lt | Prefix::Eb => (None, Some(l)),
+        Prefix::Le => (None, Some(h)),
+        // The same widening as the `ap` test itself.
+        Prefix::Ap => {
+            let dist = now
+                .saturating_sub(l)
+                .unsigned_abs()
+                .max(now.saturating_sub(h).unsigned_abs());
+            let delta = i64::try_from(dist / 10).unwrap_or(i64::MAX);
+            (Some(l.saturating_sub(delta)), Some(h.saturating_add(delta)))
+        }
+    }
+}
+
+fn max_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.max(y)),
+        (x, None) | (None, x) => x,
+    }
+}
+
+fn min_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, None) | (None, x) => x,
+    }
+}
+
+/// A static guess of how many rows a clause matches (lower is fewer), used
+/// to pick the clause that drives a query. Equality lookups on identifying
+/// values beat references, which beat codes (a code is shared by many
+/// resources), which beat ranges and prefixes; negations never drive.
+fn clause_cost(clause: &Clause) -> u8 {
+    clause.any_of.iter().map(predicate_cost).max().unwrap_or(0)
+}
+
+fn query_cost(q: &SearchQuery) -> u8 {
+    q.clauses.iter().map(clause_cost).min().unwrap_or(8)
+}
+
+fn predicate_cost(p: &Predicate) -> u8 {
+    match p {
+        Predicate::Id(_) => 0,
+        Predicate::PatientKey(_) => 3,
+        Predicate::Index { param, test } => match test {
+            IndexTest::Token { .. } if param == "identifier" || param.ends_with(":identifier") => 1,
+            IndexTest::StringExact(_) | IndexTest::ReferenceUrl(_) | IndexTest::Uri(_) => 2,
+            IndexTest::Reference { .. } => 2,
+            IndexTest::Token { .. } | IndexTest::Composite(_) => 4,
+            IndexTest::StringStartsWith(s) if s.chars().count() >= 3 => 5,
+            IndexTest::UriAbove(_) => 5,
+            IndexTest::Date { .. }
+            | IndexTest::Number { .. }
+            | IndexTest::Quantity { .. }
+            | IndexTest::StringStartsWith(_)
+            | IndexTest::TokenText(_)
+            | IndexTest::TokenSystem(_)
+            | IndexTest::UriBelow(_) => 7,
+            IndexTest::StringContains(_) => 9,
+        },
+        // A chain is as selective as its inner query (plus a join).
+        Predicate::Chain { query, .. } => query_cost(query).saturating_add(1).min(6),
+        Predicate::Has { query, .. } => query_cost(query).saturating_add(2).min(7),
+        Predicate::LastUpdated { .. } => 8,
+        Predicate::Missing { .. } | Predicate::Not { .. } => 10,
+    }
+}
+
+/// The index rows of the resource `c` in `table`, as a subquery that
+/// reads them by the `(rid, ord)` primary key alone: `OFFSET 0` keeps
+/// PostgreSQL from pushing the caller's conditions into it (and serving
+/// them from a `(param, value)` index instead).
+fn own_rows(table: &str, c: &str) -> String {
+    format!("(SELECT * FROM {table} WHERE rid = {c}.rid OFFSET 0)")
+}
+
+/// Whether a clause can be a search's row source: every predicate in it
+/// is a lookup (negations and `:missing=true` can only be tested).
+fn drivable(clause: &Clause) -> bool {
+    !clause.any_of.is_empty()
+        && clause.any_of.iter().all(|p| {
+            !matches!(
+                p,
+                Predicate::Not { .. } | Predicate::Missing { missing: true, .. }
+            )
+        })
 }
 
 fn dir(descending: bool) -> &'static str {

@@ -93,6 +93,51 @@ static DELETE_OLD_INDEX_ROWS: std::sync::LazyLock<String> = std::sync::LazyLock:
     sql
 });
 
+/// Every index table's INSERT ([`TableRows::insert_sql`]), for [`warm`]:
+/// the text of a table's statement does not depend on its rows, so one
+/// row of each kind yields them all.
+static INDEX_INSERTS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+    let mut rows = IndexRows::default();
+    let at = At {
+        rid: 0,
+        ty: "",
+        key: None,
+    };
+    let mut ord = 0;
+    for value in [
+        IndexValue::Token {
+            system: None,
+            code: None,
+            text: None,
+        },
+        IndexValue::String {
+            normalized: String::new(),
+            exact: String::new(),
+        },
+        IndexValue::Date { low: 0, high: 0 },
+        IndexValue::Number { value: 0.0 },
+        IndexValue::Quantity {
+            value: 0.0,
+            system: None,
+            code: None,
+            unit: None,
+        },
+        IndexValue::Reference {
+            target_type: None,
+            target_id: None,
+            url: String::new(),
+        },
+        IndexValue::Uri { uri: String::new() },
+    ] {
+        rows.add_value(&at, &mut ord, "", &value, None);
+    }
+    rows.composite
+        .common(&at, 0, "", None)
+        .parts
+        .push(String::new());
+    rows.tables().iter().map(TableRows::insert_sql).collect()
+});
+
 /// Prepare (once per connection; later a cache lookup) every statement
 /// whose place in a pipeline matters.
 async fn warm(client: &Object) -> Result<(), StoreError> {
@@ -108,7 +153,20 @@ async fn warm(client: &Object) -> Result<(), StoreError> {
     ] {
         client.prepare_cached(sql).await.map_err(pg_err)?;
     }
+    for sql in INDEX_INSERTS.iter() {
+        client.prepare_cached(sql).await.map_err(pg_err)?;
+    }
     Ok(())
+}
+
+/// Insert index rows a job deferred (see [`attempt`]), if any. Polled
+/// first in a `join`, its statements go out ahead of those joined after
+/// it: every statement it sends is prepared by [`warm`], so none waits.
+async fn flush(client: &Object, rows: Option<IndexRows>) -> Result<(), StoreError> {
+    match rows {
+        Some(rows) => rows.insert(client).await,
+        None => Ok(()),
+    }
 }
 
 /// Work for the writer.
@@ -511,6 +569,14 @@ async fn attempt(
     };
     let start = head;
     let single = batch.len() == 1;
+    // Optimistic attempts send a job's index rows (which need the `rid`s
+    // its first round trip returned) together with whatever comes next:
+    // the next job's statements, or the head swap and COMMIT. That saves a
+    // round trip per job; the price is that a failure there spoils what
+    // was sent after it, which only an optimistic attempt can afford (it
+    // rolls back and runs the batch again the careful way, where each job
+    // waits for its own index rows).
+    let mut deferred: Option<IndexRows> = None;
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut i = 0;
     while i < batch.len() {
@@ -529,11 +595,17 @@ async fn attempt(
                     _ => Vec::new(),
                 })
                 .collect();
-            let (sent, appended) = futures::future::join(
+            let (flushed, sent, appended) = futures::future::join3(
+                flush(client, deferred.take()),
                 send_first(client, pending.take(), lock_pending.take()),
                 append(client, &records, &mut head),
             )
             .await;
+            if flushed.is_err() {
+                // Only optimistic attempts defer: run the batch carefully.
+                client.batch_execute("ROLLBACK").await.map_err(pg_err)?;
+                return Ok(None);
+            }
             if stale(known, sent?.as_ref())? {
                 client.batch_execute("ROLLBACK").await.map_err(pg_err)?;
                 return Ok(None);
@@ -560,11 +632,16 @@ async fn attempt(
             sql.push_str("SAVEPOINT job");
             pending = Some(sql);
         }
-        let (sent, result) = futures::future::join(
+        let (flushed, sent, result) = futures::future::join3(
+            flush(client, deferred.take()),
             send_first(client, pending.take(), lock_pending.take()),
-            apply_write_set(client, ws, &mut head),
+            apply_write_set(client, ws, &mut head, optimistic),
         )
         .await;
+        if flushed.is_err() {
+            client.batch_execute("ROLLBACK").await.map_err(pg_err)?;
+            return Ok(None);
+        }
         if stale(known, sent?.as_ref())? {
             client.batch_execute("ROLLBACK").await.map_err(pg_err)?;
             return Ok(None);
@@ -590,7 +667,8 @@ async fn attempt(
                     .map_err(pg_err)?;
                 outcomes.push(Outcome::Commit(Err(e)));
             }
-            Ok(receipt) => {
+            Ok((receipt, rows)) => {
+                deferred = rows;
                 if !single {
                     // Keep the nesting flat (PostgreSQL slows down past 64
                     // open subtransactions); sent with what comes next.
@@ -601,7 +679,8 @@ async fn attempt(
         }
     }
     if head.seq == start.seq && head.audit_seq == start.audit_seq {
-        // Nothing written (every job failed): nothing to move or verify.
+        // Nothing written (every job failed, so none left index rows
+        // behind): nothing to move or verify.
         let mut sql = pending.take().unwrap_or_default();
         if !sql.is_empty() {
             sql.push_str("; ");
@@ -622,12 +701,23 @@ async fn attempt(
     ];
     // If the swap fails, PostgreSQL turns the pipelined COMMIT into a
     // rollback; the swap's error says which.
-    let (sent, swapped, committed) = futures::future::join3(
+    // The last job's index rows go first; if they fail, the swap and the
+    // COMMIT behind them fail too (the COMMIT then rolls back).
+    let (flushed, sent, swapped, committed) = futures::future::join4(
+        flush(client, deferred.take()),
         send_first(client, pending.take(), None),
         client.query_one(&cas, &params),
         client.batch_execute("COMMIT"),
     )
     .await;
+    if let Err(e) = flushed {
+        // The transaction is over (its COMMIT was a rollback): nothing of
+        // the batch is in. Optimistic: run it again the careful way.
+        if optimistic && committed.is_ok() {
+            return Ok(None);
+        }
+        return Err(e);
+    }
     sent?;
     match swapped {
         Ok(_) => {}
@@ -663,14 +753,20 @@ fn show(v: Option<i64>) -> String {
 ///    PostgreSQL runs them in order, so the checks see the state before
 ///    this write set; if one failed, the caller rolls the savepoint back,
 ///    taking the writes that followed it;
-/// 2. the index rows, which need the `rid`s.
+/// 2. the index rows, which need the `rid`s (in an optimistic attempt,
+///    sent with whatever the batch sends next: see `defer`).
 ///
 /// Returns the receipt (the first write's seq).
+///
+/// With `defer`, the index rows of a write set that is not bulk are
+/// returned instead of inserted, for the caller to send with what it sends
+/// next (see [`attempt`]).
 async fn apply_write_set(
     client: &Object,
     ws: &WriteSet,
     head: &mut Head,
-) -> Result<CommitReceipt, StoreError> {
+    defer: bool,
+) -> Result<(CommitReceipt, Option<IndexRows>), StoreError> {
     let start_head = *head;
     let bulk = ws.resources.len() >= BULK_RESOURCES;
     let plan = Plan::new(&ws.resources, head);
@@ -702,7 +798,7 @@ async fn apply_write_set(
     let moved = moved?;
     audited?;
     if plan.n == 0 {
-        return Ok(CommitReceipt { first_seq: 0 });
+        return Ok((CommitReceipt { first_seq: 0 }, None));
     }
     if bulk {
         copy_versions(client, &plan).await?;
@@ -723,14 +819,17 @@ async fn apply_write_set(
             .ok_or_else(|| StoreError::Other(format!("no rid for {}/{}", w.resource_type, w.id)))?;
         rows.add_resource(rid, w)?;
     }
+    let receipt = CommitReceipt {
+        first_seq: start_head.seq + 1,
+    };
     if bulk {
         rows.copy(client).await?;
+    } else if defer {
+        return Ok((receipt, Some(rows)));
     } else {
         rows.insert(client).await?;
     }
-    Ok(CommitReceipt {
-        first_seq: start_head.seq + 1,
-    })
+    Ok((receipt, None))
 }
 
 /// Every precondition of a write set: all `CurrentVersion`s in one
@@ -1308,19 +1407,12 @@ impl IndexRows {
         let tables = self.tables();
         let mut statements = Vec::with_capacity(tables.len());
         for t in &tables {
-            let casts: Vec<String> = t
-                .columns
-                .iter()
-                .enumerate()
-                .map(|(i, (_, ty, _))| format!("${}::{}[]", i + 1, sql_type(ty)))
-                .collect();
-            let sql = format!(
-                "INSERT INTO {} ({}) SELECT * FROM unnest({})",
-                t.name,
-                t.names(),
-                casts.join(", ")
+            statements.push(
+                client
+                    .prepare_cached(&t.insert_sql())
+                    .await
+                    .map_err(pg_err)?,
             );
-            statements.push(client.prepare_cached(&sql).await.map_err(pg_err)?);
         }
         let runs = tables.iter().zip(&statements).map(|(t, stmt)| {
             let params: Vec<&(dyn ToSql + Sync)> =
@@ -1377,6 +1469,22 @@ struct TableRows<'a> {
 }
 
 impl TableRows<'_> {
+    /// The table's multi-row INSERT, its columns as `unnest`ed arrays.
+    fn insert_sql(&self) -> String {
+        let casts: Vec<String> = self
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, (_, ty, _))| format!("${}::{}[]", i + 1, sql_type(ty)))
+            .collect();
+        format!(
+            "INSERT INTO {} ({}) SELECT * FROM unnest({})",
+            self.name,
+            self.names(),
+            casts.join(", ")
+        )
+    }
+
     fn names(&self) -> String {
         self.columns
             .iter()
