@@ -210,9 +210,12 @@ INSERT INTO commit_head (seq, audit_seq, audit_hash) VALUES (0, 0, '\x0000000000
 /// date ranges (periods, year- and month-precision dates: more than 32
 /// days, `search::SHORT_SPAN_MICROS`), so a date window (`date=ge…&date=lt…`)
 /// can drive a search as it does there: short rows by `idx_date_low`, long
-/// ones by this (`search::Builder::date_window`).
+/// ones by this (`search::Builder::date_window`). The condition is
+/// `low < high - span`, not SQLite's `high - low > span`: open-ended ranges
+/// are stored with i64::MIN/MAX, and PostgreSQL raises an error on the
+/// overflow where SQLite silently goes to floating point.
 const V2: &str = r#"
-CREATE INDEX idx_date_long ON idx_date (param, high) WHERE high - low > 2764800000000;
+CREATE INDEX idx_date_long ON idx_date (param, high) WHERE low < high - 2764800000000;
 "#;
 
 /// Ordered migrations; index + 1 is the schema version it produces.

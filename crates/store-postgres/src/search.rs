@@ -496,10 +496,12 @@ impl Builder {
         );
         self.sql.bind(window.param.clone());
         // Exactly the partial index's condition (a constant, not a bound
-        // value), so PostgreSQL can prove the index applies.
+        // value), so PostgreSQL can prove the index applies. Written so it
+        // cannot overflow: open-ended ranges are stored with i64::MIN/MAX,
+        // and `high - low` on them is an error in PostgreSQL.
         let _ = write!(
             self.sql.text,
-            " AND {l}.high - {l}.low > {SHORT_SPAN_MICROS} AND {l}.high >= "
+            " AND {l}.low < {l}.high - {SHORT_SPAN_MICROS} AND {l}.high >= "
         );
         self.sql.bind(window.from);
         let _ = write!(self.sql.text, " AND {l}.low <= ");

@@ -1186,6 +1186,47 @@ pub async fn search_date_prefixes(store: &dyn Store) {
         )]],
     );
     assert_eq!(ids(store, &q).await, sorted(&["near"]), "prefix ap");
+
+    // Open-ended ranges are stored with i64::MIN / i64::MAX: writing them
+    // and a closed window over them (`date=ge…&date=lt…`, which drives from
+    // the long-range index) must not overflow (PostgreSQL raises an error
+    // where SQLite goes to floating point). The window finds exactly what
+    // both of its halves find.
+    for (id, lo, hi) in [
+        ("open-start", i64::MIN, 150),
+        ("open-end", 150, i64::MAX),
+        ("open-both", i64::MIN, i64::MAX),
+    ] {
+        put(
+            store,
+            write("Observation", id, 1, vec![date("date", lo, hi)]),
+        )
+        .await;
+    }
+    let half = |prefix, at| {
+        vec![index(
+            "date",
+            IndexTest::Date {
+                prefix,
+                low: at,
+                high: at,
+            },
+        )]
+    };
+    let from = half(Prefix::Ge, 100);
+    let to = half(Prefix::Lt, 199);
+    let window = ids(
+        store,
+        &query(&["Observation"], vec![from.clone(), to.clone()]),
+    )
+    .await;
+    let mut both: Vec<String> = ids(store, &query(&["Observation"], vec![from])).await;
+    let to_ids = ids(store, &query(&["Observation"], vec![to])).await;
+    both.retain(|id| to_ids.contains(id));
+    assert_eq!(window, both, "window = intersection of its halves");
+    for open in ["open-start", "open-end", "open-both"] {
+        assert!(window.iter().any(|id| id == open), "{open} in {window:?}");
+    }
 }
 
 /// Number and quantity prefixes with implicit precision ranges.
