@@ -249,18 +249,14 @@ impl Chain {
         let mut entries = Vec::with_capacity(prepared.len());
         let mut rows = Vec::with_capacity(prepared.len());
         self.frames.clear();
-        for Prepared { bytes, mut row } in prepared {
-            let hash = chain_hash_bytes(&self.head.hash, &bytes);
-            let seq = self.head.seq + 1;
-            let entry = JournalEntry { seq, bytes, hash };
+        for p in prepared {
+            let (entry, row) = self.head.link(p);
             if let Err(e) = crate::journal::encode(&entry, &mut self.frames) {
                 self.head = start;
                 return Err(e);
             }
-            row.seq = seq;
             rows.push(row);
             entries.push(entry);
-            self.head = Head { seq, hash };
         }
         let Some(journal) = self.journal.as_mut() else {
             self.head = start;
@@ -398,6 +394,21 @@ fn flush(conn: &Connection, chain: &SharedChain, sync: &mut SyncMode) -> Result<
 pub(crate) struct Head {
     pub(crate) seq: i64,
     pub(crate) hash: [u8; 32],
+}
+
+impl Head {
+    /// Chain one entry after this head and advance the head to it: the one
+    /// place a seq and hash are assigned, whether the entry is journaled or
+    /// committed with a write set. The stored bytes are exactly the hashed
+    /// bytes (canonicalised once, in [`Prepared::of`]).
+    fn link(&mut self, prepared: Prepared) -> (JournalEntry, IndexRow) {
+        let Prepared { bytes, mut row } = prepared;
+        let seq = self.seq + 1;
+        let hash = chain_hash_bytes(&self.hash, &bytes);
+        row.seq = seq;
+        *self = Head { seq, hash };
+        (JournalEntry { seq, bytes, hash }, row)
+    }
 }
 
 /// Load the chain head from the last ledger row.
@@ -1041,20 +1052,15 @@ fn append(
     if records.is_empty() {
         return Ok(());
     }
-    let mut stmt = conn
-        .prepare_cached("INSERT INTO audit_ledger (seq, record, hash) VALUES (?1, ?2, ?3)")
-        .map_err(sql_err)?;
-    for record in records {
-        // Canonicalise once: the stored bytes are exactly the hashed bytes.
-        let bytes = canonical_bytes(record);
-        let hash = chain_hash_bytes(&head.hash, &bytes);
-        let seq = head.seq + 1;
-        stmt.execute(params![seq, bytes, &hash[..]])
-            .map_err(sql_err)?;
-        staged.push(IndexRow::of(seq, record));
-        *head = Head { seq, hash };
-    }
-    Ok(())
+    let entries: Vec<JournalEntry> = records
+        .iter()
+        .map(|record| {
+            let (entry, row) = head.link(Prepared::of(record));
+            staged.push(row);
+            entry
+        })
+        .collect();
+    insert_into_ledger(conn, &entries)
 }
 
 #[cfg(test)]
