@@ -208,7 +208,7 @@ INSERT INTO commit_head (seq, audit_seq, audit_hash) VALUES (0, 0, '\x0000000000
 
 /// Version 2: `idx_date_long`, the SQLite backend's partial index of long
 /// date ranges (periods, year- and month-precision dates: more than 32
-/// days, `search::SHORT_SPAN_MICROS`), so a date window (`date=ge…&date=lt…`)
+/// days, `carelayer_store::plan::SHORT_SPAN_MICROS`), so a date window (`date=ge…&date=lt…`)
 /// can drive a search as it does there: short rows by `idx_date_low`, long
 /// ones by this (`search::Builder::date_window`). The condition is
 /// `low < high - span`, not SQLite's `high - low > span`: open-ended ranges

@@ -228,7 +228,7 @@ pub(crate) const INDEX_FROM_LEDGER: &str = concat!(
     "FROM audit_ledger WHERE seq > (SELECT coalesce(max(seq), 0) FROM audit_index)"
 );
 /// Version 3 (date windows): stored date ranges longer than 32 days
-/// (`crate::search::SHORT_SPAN_MICROS`: periods, year-precision dates)
+/// (`carelayer_store::plan::SHORT_SPAN_MICROS`: periods, year-precision dates)
 /// indexed by their end, so a search for a window (`date=ge…&date=lt…`) can
 /// drive from `idx_date_low` for the short rows and from here for the few
 /// long ones, instead of from an open-ended half of the window. The

@@ -10,6 +10,8 @@
 //!   its own errors.
 //! - [`contract`]: the storage contract suite, written once and run by every
 //!   backend's tests.
+//! - [`plan`]: backend-neutral search planning (clause costs, date windows),
+//!   so both backends drive a search from the same clause.
 //!
 //! The trait is deliberately small: conditional operations, version numbering,
 //! `meta` stamping and bundle semantics are built once above it, in `records`.
@@ -18,6 +20,7 @@ mod audit;
 #[cfg(feature = "contract")]
 pub mod contract;
 mod error;
+pub mod plan;
 mod query;
 mod types;
 

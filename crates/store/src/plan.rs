@@ -1,0 +1,185 @@
+//! Backend-neutral search planning, shared by both backends so they drive
+//! a search from the same clause.
+//!
+//! - [`clause_cost`]: a static guess of how selective a clause is;
+//! - [`DateWindow`]: a closed date window implied by a query's date tests,
+//!   and its cost on the same scale;
+//! - [`SHORT_SPAN_MICROS`]: where a stored date range counts as long (the
+//!   backends index long ranges again, in `idx_date_long`);
+//! - [`index_table`]: the index table that holds a test's values (both
+//!   schemas name them alike).
+
+use crate::{Clause, IndexTest, Predicate, Prefix, SearchQuery, StoreError};
+
+/// Stored date ranges spanning more than this (µs; 32 days: a month-precision
+/// date and anything shorter is "short") are indexed again, in each backend's
+/// partial index `idx_date_long`, which a [`DateWindow`] reads for them.
+/// The indexes' conditions spell the constant out.
+pub const SHORT_SPAN_MICROS: i64 = 32 * 24 * 3600 * 1_000_000;
+
+/// A closed window `[from, to]` that every row matching the query's date
+/// tests on `param` overlaps: each test implies `high >= from` or
+/// `low <= to` (`implied_window` gives each prefix's), and ANDed clauses
+/// narrow the window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DateWindow {
+    pub param: String,
+    pub from: i64,
+    pub to: i64,
+}
+
+impl DateWindow {
+    /// The narrowest closed window the query's single-test date clauses
+    /// give, if any parameter has both ends.
+    #[must_use]
+    pub fn of(q: &SearchQuery, now: i64) -> Option<Self> {
+        let mut bounds: Vec<(&str, Option<i64>, Option<i64>)> = Vec::new();
+        for clause in &q.clauses {
+            let [
+                Predicate::Index {
+                    param,
+                    test: IndexTest::Date { prefix, low, high },
+                },
+            ] = clause.any_of.as_slice()
+            else {
+                continue;
+            };
+            let (from, to) = implied_window(*prefix, *low, *high, now);
+            match bounds.iter_mut().find(|(p, _, _)| *p == param.as_str()) {
+                Some((_, f, t)) => {
+                    *f = max_opt(*f, from);
+                    *t = min_opt(*t, to);
+                }
+                None => bounds.push((param, from, to)),
+            }
+        }
+        bounds
+            .into_iter()
+            .filter_map(|(param, from, to)| {
+                Some(Self {
+                    param: param.to_owned(),
+                    from: from?,
+                    to: to?,
+                })
+            })
+            .min_by_key(|w| w.to.saturating_sub(w.from))
+    }
+
+    /// Comparable with [`clause_cost`]: up to about a quarter of a year is
+    /// narrower than a shared code; wider is still better than one
+    /// open-ended date test.
+    #[must_use]
+    pub fn cost(&self) -> u8 {
+        const QUARTER: i64 = 92 * 24 * 3600 * 1_000_000;
+        if self.to.saturating_sub(self.from) <= QUARTER {
+            3
+        } else {
+            6
+        }
+    }
+}
+
+/// What one date test implies about a matching row `[L, H]`: `H >= from`
+/// and/or `L <= to` (`None`: no bound on that side).
+fn implied_window(prefix: Prefix, l: i64, h: i64, now: i64) -> (Option<i64>, Option<i64>) {
+    match prefix {
+        // L >= l ∧ H <= h, and L <= H.
+        Prefix::Eq => (Some(l), Some(h)),
+        Prefix::Ne => (None, None),
+        // H > h; H > h ∨ (L >= l ∧ H <= h) ⇒ H >= l; L > h ⇒ H >= h.
+        Prefix::Gt | Prefix::Sa => (Some(h), None),
+        Prefix::Ge => (Some(l), None),
+        // L < l; L < l ∨ (L >= l ∧ H <= h) ⇒ L <= h; H < l ⇒ L <= l.
+        Prefix::Lt | Prefix::Eb => (None, Some(l)),
+        Prefix::Le => (None, Some(h)),
+        // The same widening as the `ap` test itself.
+        Prefix::Ap => {
+            let dist = now
+                .saturating_sub(l)
+                .unsigned_abs()
+                .max(now.saturating_sub(h).unsigned_abs());
+            let delta = i64::try_from(dist / 10).unwrap_or(i64::MAX);
+            (Some(l.saturating_sub(delta)), Some(h.saturating_add(delta)))
+        }
+    }
+}
+
+fn max_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.max(y)),
+        (x, None) | (None, x) => x,
+    }
+}
+
+fn min_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, None) | (None, x) => x,
+    }
+}
+
+/// A static guess of how many rows a clause matches (lower is fewer), used
+/// to pick the clause that drives a query. Equality lookups on identifying
+/// values beat references, which beat codes (a code is shared by many
+/// resources), which beat ranges and prefixes; negations never drive.
+#[must_use]
+pub fn clause_cost(clause: &Clause) -> u8 {
+    clause.any_of.iter().map(predicate_cost).max().unwrap_or(0)
+}
+
+fn query_cost(q: &SearchQuery) -> u8 {
+    q.clauses.iter().map(clause_cost).min().unwrap_or(8)
+}
+
+fn predicate_cost(p: &Predicate) -> u8 {
+    match p {
+        Predicate::Id(_) => 0,
+        Predicate::PatientKey(_) => 3,
+        Predicate::Index { param, test } => match test {
+            IndexTest::Token { .. } if param == "identifier" || param.ends_with(":identifier") => 1,
+            IndexTest::StringExact(_) | IndexTest::ReferenceUrl(_) | IndexTest::Uri(_) => 2,
+            IndexTest::Reference { .. } => 2,
+            IndexTest::Token { .. } | IndexTest::Composite(_) => 4,
+            IndexTest::StringStartsWith(s) if s.chars().count() >= 3 => 5,
+            IndexTest::UriAbove(_) => 5,
+            IndexTest::Date { .. }
+            | IndexTest::Number { .. }
+            | IndexTest::Quantity { .. }
+            | IndexTest::StringStartsWith(_)
+            | IndexTest::TokenText(_)
+            | IndexTest::TokenSystem(_)
+            | IndexTest::UriBelow(_) => 7,
+            IndexTest::StringContains(_) => 9,
+        },
+        // A chain is as selective as its inner query (plus a join).
+        Predicate::Chain { query, .. } => query_cost(query).saturating_add(1).min(6),
+        Predicate::Has { query, .. } => query_cost(query).saturating_add(2).min(7),
+        Predicate::LastUpdated { .. } => 8,
+        Predicate::Missing { .. } | Predicate::Not { .. } => 10,
+    }
+}
+
+/// The index table holding the values a test looks at.
+///
+/// # Errors
+/// [`StoreError::Unsupported`] for a composite inside a composite.
+pub fn index_table(test: &IndexTest) -> Result<&'static str, StoreError> {
+    Ok(match test {
+        IndexTest::Token { .. } | IndexTest::TokenSystem(_) | IndexTest::TokenText(_) => {
+            "idx_token"
+        }
+        IndexTest::StringStartsWith(_)
+        | IndexTest::StringExact(_)
+        | IndexTest::StringContains(_) => "idx_string",
+        IndexTest::Date { .. } => "idx_date",
+        IndexTest::Number { .. } => "idx_number",
+        IndexTest::Quantity { .. } => "idx_quantity",
+        IndexTest::Reference { .. } | IndexTest::ReferenceUrl(_) => "idx_reference",
+        IndexTest::Uri(_) | IndexTest::UriBelow(_) | IndexTest::UriAbove(_) => "idx_uri",
+        IndexTest::Composite(_) => {
+            return Err(StoreError::Unsupported(
+                "a composite inside a composite".into(),
+            ));
+        }
+    })
+}
