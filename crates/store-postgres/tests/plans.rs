@@ -15,8 +15,11 @@
 mod common;
 
 use carelayer_fhir::search::{IndexEntry, IndexValue};
+use carelayer_store::contract::build::{
+    self, date, index as idx, patient_ref, show_plan as show, token as tok,
+};
 use carelayer_store::{
-    Clause, IndexTest, Predicate, Prefix, ResourceWrite, SearchQuery, SortKey, Store, WriteSet,
+    IndexTest, Predicate, Prefix, ResourceWrite, SearchQuery, SortKey, Store, WriteSet,
 };
 
 const NHS: &str = "https://fhir.nhs.uk/Id/nhs-number";
@@ -26,46 +29,7 @@ const CODES: [&str; 5] = ["85354-9", "29463-7", "8867-4", "39156-5", "14647-2"];
 const DAY: i64 = 86_400_000_000;
 
 fn q(types: &[&str], clauses: Vec<Vec<Predicate>>) -> SearchQuery {
-    SearchQuery {
-        resource_types: types.iter().map(|t| (*t).to_owned()).collect(),
-        clauses: clauses
-            .into_iter()
-            .map(|any_of| Clause { any_of })
-            .collect(),
-        count: 51,
-        ..SearchQuery::default()
-    }
-}
-
-fn idx(param: &str, test: IndexTest) -> Predicate {
-    Predicate::Index {
-        param: param.into(),
-        test,
-    }
-}
-
-fn tok(system: &str, code: &str) -> IndexTest {
-    IndexTest::Token {
-        system: Some(Some(system.into())),
-        code: code.into(),
-    }
-}
-
-fn patient_ref(id: &str) -> IndexTest {
-    IndexTest::Reference {
-        target_type: Some("Patient".into()),
-        id: id.into(),
-    }
-}
-
-fn date(prefix: Prefix, low: i64, high: i64) -> IndexTest {
-    IndexTest::Date { prefix, low, high }
-}
-
-fn show(what: &str, plan: &[String]) {
-    if std::env::var_os("SHOW_PLANS").is_some() {
-        eprintln!("== {what}\n{}", plan.join("\n"));
-    }
+    build::query(types, clauses, 51)
 }
 
 /// The tables this data fills; the others are empty, and a sequential

@@ -10,8 +10,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use carelayer_fhir::search::{IndexEntry, IndexValue};
+use carelayer_store::contract::build::{
+    self, date, index as idx, patient_ref, show_plan as show, token as tok,
+};
 use carelayer_store::{
-    Clause, IndexTest, Predicate, Prefix, ResourceWrite, SearchQuery, SortKey, Store, WriteSet,
+    IndexTest, Predicate, Prefix, ResourceWrite, SearchQuery, SortKey, Store, WriteSet,
 };
 use carelayer_store_sqlite::{SqliteOptions, SqliteStore};
 
@@ -19,46 +22,7 @@ const NHS: &str = "https://fhir.nhs.uk/Id/nhs-number";
 const LOINC: &str = "http://loinc.org";
 
 fn q(types: &[&str], clauses: Vec<Vec<Predicate>>) -> SearchQuery {
-    SearchQuery {
-        resource_types: types.iter().map(|t| (*t).to_owned()).collect(),
-        clauses: clauses
-            .into_iter()
-            .map(|any_of| Clause { any_of })
-            .collect(),
-        count: 51,
-        ..SearchQuery::default()
-    }
-}
-
-fn idx(param: &str, test: IndexTest) -> Predicate {
-    Predicate::Index {
-        param: param.into(),
-        test,
-    }
-}
-
-fn tok(system: &str, code: &str) -> IndexTest {
-    IndexTest::Token {
-        system: Some(Some(system.into())),
-        code: code.into(),
-    }
-}
-
-fn patient_ref(id: &str) -> IndexTest {
-    IndexTest::Reference {
-        target_type: Some("Patient".into()),
-        id: id.into(),
-    }
-}
-
-fn date(prefix: Prefix, low: i64, high: i64) -> IndexTest {
-    IndexTest::Date { prefix, low, high }
-}
-
-fn show(what: &str, plan: &[String]) {
-    if std::env::var_os("SHOW_PLANS").is_some() {
-        eprintln!("== {what}\n{}", plan.join("\n"));
-    }
+    build::query(types, clauses, 51)
 }
 
 /// No full scans and no walks over every current resource of a type.

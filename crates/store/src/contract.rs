@@ -28,8 +28,8 @@ use carelayer_audit::{
 use carelayer_fhir::search::{IndexEntry, IndexValue};
 
 use crate::{
-    AuditQuery, Clause, HistoryQuery, HistoryScope, IndexTest, OutcomeClass, Precondition,
-    Predicate, Prefix, ResourceWrite, SearchQuery, SortKey, Store, StoreError, TotalMode, WriteSet,
+    AuditQuery, HistoryQuery, HistoryScope, IndexTest, OutcomeClass, Precondition, Predicate,
+    Prefix, ResourceWrite, SearchQuery, SortKey, Store, StoreError, TotalMode, WriteSet,
 };
 
 /// Expands to one `#[tokio::test]` per contract check. `$make` is an async
@@ -219,24 +219,68 @@ fn uri(param: &str, u: &str) -> IndexEntry {
     }
 }
 
-fn index(param: &str, test: IndexTest) -> Predicate {
-    Predicate::Index {
-        param: param.into(),
-        test,
+/// Search-query builders, shared by this suite and the backends' plan tests.
+pub mod build {
+    use crate::{Clause, IndexTest, Predicate, Prefix, SearchQuery};
+
+    /// A query over `types`, each inner vec one OR-clause, `count` per page.
+    #[must_use]
+    pub fn query(types: &[&str], clauses: Vec<Vec<Predicate>>, count: usize) -> SearchQuery {
+        SearchQuery {
+            resource_types: types.iter().map(|t| (*t).to_owned()).collect(),
+            clauses: clauses
+                .into_iter()
+                .map(|any_of| Clause { any_of })
+                .collect(),
+            count,
+            ..SearchQuery::default()
+        }
+    }
+
+    #[must_use]
+    pub fn index(param: &str, test: IndexTest) -> Predicate {
+        Predicate::Index {
+            param: param.into(),
+            test,
+        }
+    }
+
+    /// `system|code`.
+    #[must_use]
+    pub fn token(system: &str, code: &str) -> IndexTest {
+        IndexTest::Token {
+            system: Some(Some(system.into())),
+            code: code.into(),
+        }
+    }
+
+    /// `Patient/id`.
+    #[must_use]
+    pub fn patient_ref(id: &str) -> IndexTest {
+        IndexTest::Reference {
+            target_type: Some("Patient".into()),
+            id: id.into(),
+        }
+    }
+
+    #[must_use]
+    pub fn date(prefix: Prefix, low: i64, high: i64) -> IndexTest {
+        IndexTest::Date { prefix, low, high }
+    }
+
+    /// Print a plan when `SHOW_PLANS` is set.
+    pub fn show_plan(what: &str, plan: &[String]) {
+        if std::env::var_os("SHOW_PLANS").is_some() {
+            eprintln!("== {what}\n{}", plan.join("\n"));
+        }
     }
 }
 
+use build::index;
+
 /// A query over `types` with each inner vec one OR-clause.
 fn query(types: &[&str], clauses: Vec<Vec<Predicate>>) -> SearchQuery {
-    SearchQuery {
-        resource_types: types.iter().map(|t| (*t).to_owned()).collect(),
-        clauses: clauses
-            .into_iter()
-            .map(|any_of| Clause { any_of })
-            .collect(),
-        count: 1000,
-        ..SearchQuery::default()
-    }
+    build::query(types, clauses, 1000)
 }
 
 async fn ids(store: &dyn Store, q: &SearchQuery) -> Vec<String> {
