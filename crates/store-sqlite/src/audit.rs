@@ -14,35 +14,82 @@ use std::time::Duration;
 
 use carelayer_audit::{ChainHead, Checkpoint, LedgerRow};
 use carelayer_store::{AuditQuery, RawLedgerRow, StoreError};
+use rusqlite::ToSql;
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
 use crate::error::sql_err;
 use crate::writer::IndexRow;
 
-/// Write the index row of one ledger entry (called by the writer, after the
-/// entry itself committed: see "The deferred audit index" in `writer`).
-pub(crate) fn index_entry(conn: &Connection, row: &IndexRow) -> Result<(), StoreError> {
-    conn.prepare_cached(
+/// Rows per multi-row `INSERT`. The ledger and its index take every read's
+/// entry, in bulk (see "Deferred audit work" in `writer`); one statement
+/// step per row cost more than the row's B-tree work, so rows go 128 to a
+/// statement (1,152 bound values at most, far below SQLite's limit).
+const ROWS_PER_INSERT: usize = 128;
+
+/// Insert `rows` with `insert` (`"INSERT INTO t (a, b) VALUES "`), `columns`
+/// values each, bound by `bind` in column order: full chunks of
+/// [`ROWS_PER_INSERT`] through one cached statement, the rest row by row.
+pub(crate) fn insert_rows<T>(
+    conn: &Connection,
+    insert: &str,
+    columns: usize,
+    rows: &[T],
+    bind: impl for<'r> Fn(&'r T, &mut Vec<&'r dyn ToSql>),
+) -> Result<(), StoreError> {
+    let placeholders = |n: usize| {
+        let row = format!("({})", vec!["?"; columns].join(", "));
+        format!("{insert}{}", vec![row; n].join(", "))
+    };
+    let mut values: Vec<&dyn ToSql> = Vec::with_capacity(columns * ROWS_PER_INSERT);
+    let mut chunks = rows.chunks_exact(ROWS_PER_INSERT);
+    if chunks.len() > 0 {
+        let mut stmt = conn
+            .prepare_cached(&placeholders(ROWS_PER_INSERT))
+            .map_err(sql_err)?;
+        for chunk in chunks.by_ref() {
+            values.clear();
+            for row in chunk {
+                bind(row, &mut values);
+            }
+            stmt.execute(params_from_iter(values.iter()))
+                .map_err(sql_err)?;
+        }
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut stmt = conn.prepare_cached(&placeholders(1)).map_err(sql_err)?;
+        for row in rest {
+            values.clear();
+            bind(row, &mut values);
+            stmt.execute(params_from_iter(values.iter()))
+                .map_err(sql_err)?;
+        }
+    }
+    Ok(())
+}
+
+/// Write the index rows of ledger entries (called by the writer, after or
+/// with the entries themselves: see "Deferred audit work" in `writer`).
+pub(crate) fn index_entries(conn: &Connection, rows: &[IndexRow]) -> Result<(), StoreError> {
+    insert_rows(
+        conn,
         "INSERT INTO audit_index (seq, recorded_at, patient, agent_user, agent_org, \
-         agent_client, action, outcome, break_glass) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+         agent_client, action, outcome, break_glass) VALUES ",
+        9,
+        rows,
+        |row, out| {
+            out.push(&row.seq);
+            out.push(&row.recorded_at);
+            out.push(&row.patient);
+            out.push(&row.user);
+            out.push(&row.org);
+            out.push(&row.client);
+            out.push(&row.action);
+            out.push(&row.outcome);
+            out.push(&row.break_glass);
+        },
     )
-    .and_then(|mut s| {
-        s.execute(params![
-            row.seq,
-            row.recorded_at,
-            row.patient,
-            row.user,
-            row.org,
-            row.client,
-            row.action,
-            row.outcome,
-            i64::from(row.break_glass),
-        ])
-    })
-    .map(|_| ())
-    .map_err(sql_err)
 }
 
 /// Derive the index rows of every ledger entry after the last indexed one
@@ -252,4 +299,55 @@ pub(crate) fn save_checkpoint(path: &Path, cp: &Checkpoint) -> Result<(), StoreE
     )
     .map_err(sql_err)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::{ROWS_PER_INSERT, insert_rows};
+    use rusqlite::Connection;
+
+    /// Every row arrives once, in order, with its values in the right
+    /// columns, whether it went in a full chunk or in the remainder.
+    #[test]
+    fn insert_rows_writes_every_row_across_chunks() {
+        for n in [
+            0,
+            1,
+            ROWS_PER_INSERT - 1,
+            ROWS_PER_INSERT,
+            2 * ROWS_PER_INSERT + 44,
+        ] {
+            let conn = Connection::open_in_memory().unwrap();
+            conn.execute_batch("CREATE TABLE t (n INTEGER, label TEXT, maybe TEXT)")
+                .unwrap();
+            let rows: Vec<(i64, String, Option<String>)> = (0..n)
+                .map(|i| {
+                    let i = i64::try_from(i).unwrap();
+                    (i, format!("row {i}"), (i % 3 == 0).then(|| format!("m{i}")))
+                })
+                .collect();
+            insert_rows(
+                &conn,
+                "INSERT INTO t (n, label, maybe) VALUES ",
+                3,
+                &rows,
+                |r, out| {
+                    out.push(&r.0);
+                    out.push(&r.1);
+                    out.push(&r.2);
+                },
+            )
+            .unwrap();
+            let stored: Vec<(i64, String, Option<String>)> = conn
+                .prepare("SELECT n, label, maybe FROM t ORDER BY rowid")
+                .unwrap()
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert_eq!(stored, rows, "{n} rows");
+        }
+    }
 }

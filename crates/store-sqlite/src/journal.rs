@@ -50,7 +50,7 @@ use std::sync::{Arc, Mutex};
 
 use carelayer_audit::chain_hash_bytes;
 use carelayer_store::StoreError;
-use rusqlite::{Connection, params};
+use rusqlite::Connection;
 
 use crate::error::sql_err;
 
@@ -121,17 +121,17 @@ pub(crate) fn insert_into_ledger(
     conn: &Connection,
     entries: &[JournalEntry],
 ) -> Result<(), StoreError> {
-    if entries.is_empty() {
-        return Ok(());
-    }
-    let mut stmt = conn
-        .prepare_cached("INSERT INTO audit_ledger (seq, record, hash) VALUES (?1, ?2, ?3)")
-        .map_err(sql_err)?;
-    for e in entries {
-        stmt.execute(params![e.seq, e.bytes, &e.hash[..]])
-            .map_err(sql_err)?;
-    }
-    Ok(())
+    crate::audit::insert_rows(
+        conn,
+        "INSERT INTO audit_ledger (seq, record, hash) VALUES ",
+        3,
+        entries,
+        |e, out| {
+            out.push(&e.seq);
+            out.push(&e.bytes);
+            out.push(&e.hash);
+        },
+    )
 }
 
 /// The segment being written, shared with the checkpoint thread (which

@@ -363,9 +363,7 @@ fn flush(conn: &Connection, chain: &SharedChain, sync: &mut SyncMode) -> Result<
             if work.from_ledger {
                 crate::audit::index_from_ledger(conn)
             } else {
-                work.rows
-                    .iter()
-                    .try_for_each(|row| crate::audit::index_entry(conn, row))
+                crate::audit::index_entries(conn, &work.rows)
             }
         })
         .and_then(|()| conn.execute_batch("COMMIT").map_err(sql_err));
