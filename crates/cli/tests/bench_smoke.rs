@@ -160,3 +160,77 @@ fn bench_runs_sqlite_and_postgres_side_by_side() {
         "the scratch database was left behind:\n{stderr}"
     );
 }
+
+/// `--database` with `--patients`: the first run imports into the named
+/// SQLite file and keeps it; the second finds the data set there, imports
+/// nothing (no import row) and still runs the workloads over it.
+#[test]
+fn bench_reuses_a_kept_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("kept").join("bench.db");
+    let run = |json: &std::path::Path| {
+        let output = Command::new(env!("CARGO_BIN_EXE_carelayer"))
+            .args([
+                "bench",
+                "--quick",
+                "--seconds",
+                "0.3",
+                "--patients",
+                "5",
+                "--workloads",
+                "read,search-nhs",
+                "--database",
+            ])
+            .arg(format!("sqlite://{}", db.display()))
+            .arg("--cache-dir")
+            .arg(dir.path().join("cache"))
+            .arg("--json")
+            .arg(json)
+            .env("CARELAYER_LOG", "warn")
+            .output()
+            .expect("run carelayer bench");
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "bench failed:\n{stderr}");
+        let report: Value = serde_json::from_slice(&std::fs::read(json).unwrap()).unwrap();
+        (report, stderr)
+    };
+    let workloads = |report: &Value| -> Vec<String> {
+        report["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["workload"].as_str().unwrap().to_owned())
+            .collect()
+    };
+
+    let (first, _) = run(&dir.path().join("first.json"));
+    assert_eq!(workloads(&first), ["import", "read", "search-nhs"]);
+    let imported = first["rows"][0]["requests"].as_u64().unwrap();
+    assert!(imported > 0);
+    assert!(db.exists(), "the database was not kept");
+
+    let (second, stderr) = run(&dir.path().join("second.json"));
+    assert_eq!(workloads(&second), ["read", "search-nhs"], "{stderr}");
+    assert!(
+        stderr.contains(&format!("already imported ({imported} resources")),
+        "{stderr}"
+    );
+    for row in second["rows"].as_array().unwrap() {
+        assert!(row["rate"].as_f64().unwrap() > 0.0, "{row}");
+        assert_eq!(row["errors"], 0, "{row}");
+    }
+
+    // Only SQLite can be kept, and only alone.
+    let refused = Command::new(env!("CARGO_BIN_EXE_carelayer"))
+        .args([
+            "bench",
+            "--patients",
+            "5",
+            "--database",
+            "postgres://x@h/db",
+        ])
+        .output()
+        .expect("run carelayer bench");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("sqlite://PATH"));
+}

@@ -46,7 +46,10 @@ pub struct BenchArgs {
     #[arg(long)]
     pub server: Option<String>,
     /// Database of the in-process server (default: a temporary SQLite file,
-    /// removed afterwards).
+    /// removed afterwards). With `--patients`: a SQLite database
+    /// (`sqlite://PATH`) that is kept, so a large data set is imported once
+    /// and reused: the import resumes from a checkpoint beside it
+    /// (`PATH.bench-import.json`) and has nothing left to do next time.
     #[arg(long)]
     pub database: Option<String>,
     /// Concurrent clients.
@@ -293,7 +296,20 @@ async fn run_suite(args: BenchArgs, patients: u64) -> anyhow::Result<()> {
     if backends.is_empty() {
         bail!("--backends names no backend");
     }
+    let keep = match args.database.as_deref() {
+        None => None,
+        Some(url) => {
+            let Some(path) = url.strip_prefix("sqlite://").filter(|p| !p.is_empty()) else {
+                bail!("with --patients, --database must be a SQLite file (sqlite://PATH)");
+            };
+            if backends != [suite::Backend::Sqlite] {
+                bail!("--database with --patients needs --backends sqlite alone");
+            }
+            Some(PathBuf::from(path))
+        }
+    };
     suite::run(suite::SuiteArgs {
+        keep,
         backends,
         patients,
         seed: args.seed,

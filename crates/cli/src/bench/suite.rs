@@ -59,6 +59,8 @@ impl Backend {
 
 /// What the suite needs from the command line.
 pub(crate) struct SuiteArgs {
+    /// `--database`: the SQLite file to import into once and keep.
+    pub keep: Option<PathBuf>,
     pub backends: Vec<Backend>,
     pub patients: u64,
     pub seed: u64,
@@ -132,7 +134,10 @@ pub(crate) async fn run(args: SuiteArgs) -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let pid = Some(hfs.pid());
         let client = driver::client(args.clients, None)?;
-        rows.push(load("hfs", &data, &sink, pid, dir.path()).await?);
+        let files = KeptFiles::beside(&dir.path().join("hfs"));
+        if let Some(row) = load("hfs", &data, &sink, pid, &files).await? {
+            rows.push(row);
+        }
         rows.extend(workloads("hfs", &args, &data, &client, &hfs.base_url.clone(), pid).await);
         hfs.stop();
     }
@@ -194,6 +199,18 @@ async fn run_backend(
     args: &SuiteArgs,
     data: &Dataset,
 ) -> anyhow::Result<Vec<Row>> {
+    if let Some(path) = &args.keep {
+        let folder = match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            Some(parent) => parent.to_path_buf(),
+            None => PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&folder)
+            .with_context(|| format!("cannot create {}", folder.display()))?;
+        let database = format!("sqlite://{}", path.display());
+        eprintln!("bench: carelayer on {database} (kept)");
+        let files = KeptFiles::beside(path);
+        return measure_backend(backend, &database, &folder, &files, args, data).await;
+    }
     let dir = tempfile::Builder::new()
         .prefix("carelayer-bench-")
         .tempdir()?;
@@ -212,7 +229,8 @@ async fn run_backend(
         }
     };
     eprintln!("bench: carelayer on {}", crate::backend::redact(&database));
-    let result = measure_backend(backend, &database, dir.path(), args, data).await;
+    let files = KeptFiles::beside(&dir.path().join("bench.db"));
+    let result = measure_backend(backend, &database, dir.path(), &files, args, data).await;
     if let Some(db) = scratch
         && let Err(e) = db.drop_now().await
     {
@@ -221,10 +239,32 @@ async fn run_backend(
     result
 }
 
+/// Where the import's checkpoint and rejects go: beside the database, so a
+/// kept database (`--database`) resumes its own import.
+struct KeptFiles {
+    checkpoint: PathBuf,
+    rejects: PathBuf,
+}
+
+impl KeptFiles {
+    fn beside(database: &Path) -> Self {
+        let with = |suffix: &str| {
+            let mut p = database.as_os_str().to_owned();
+            p.push(suffix);
+            PathBuf::from(p)
+        };
+        Self {
+            checkpoint: with(".bench-import.json"),
+            rejects: with(".bench-rejected.txt"),
+        }
+    }
+}
+
 async fn measure_backend(
     backend: &Backend,
     database: &str,
     scratch: &Path,
+    files: &KeptFiles,
     args: &SuiteArgs,
     data: &Dataset,
 ) -> anyhow::Result<Vec<Row>> {
@@ -255,7 +295,9 @@ async fn measure_backend(
     };
     let mut rows = Vec::new();
     let measured = async {
-        rows.push(load(&name, data, &sink, None, scratch).await?);
+        if let Some(row) = load(&name, data, &sink, None, files).await? {
+            rows.push(row);
+        }
         let token = super::bench_token(&server, args.policy_off)?;
         let client = driver::client(args.clients, Some(&token))?;
         rows.extend(workloads(&name, args, data, &client, &server.base_url, None).await);
@@ -328,22 +370,32 @@ fn dataset(args: &SuiteArgs) -> anyhow::Result<Dataset> {
     })
 }
 
+/// Import the data set; `None` when a kept database already held all of it
+/// (nothing was measured).
 async fn load(
     server: &str,
     data: &Dataset,
     sink: &Sink,
     pid: Option<u32>,
-    scratch: &Path,
-) -> anyhow::Result<Row> {
+    files: &KeptFiles,
+) -> anyhow::Result<Option<Row>> {
     let mut args = ImportArgs::new(vec![data.dir.clone()]);
-    args.checkpoint = Some(scratch.join("checkpoint.json"));
-    args.rejects = Some(scratch.join("rejected.txt"));
+    args.checkpoint = Some(files.checkpoint.clone());
+    args.rejects = Some(files.rejects.clone());
     args.no_progress = true;
     args.concurrency = if pid.is_some() { 4 } else { 2 };
     let cpu0 = peer::cpu_seconds(pid);
     let started = Instant::now();
     let summary = crate::import::execute(&args, sink).await?;
     let secs = started.elapsed().as_secs_f64();
+    if summary.lines == 0 && summary.resumed_lines > 0 {
+        eprintln!(
+            "bench: {server}: the data set is already imported ({} resources, {}); not measured",
+            summary.resumed_lines,
+            files.checkpoint.display()
+        );
+        return Ok(None);
+    }
     let cpu = cpu0
         .zip(peer::cpu_seconds(pid))
         .map(|(a, b)| (b - a) / secs);
@@ -353,7 +405,7 @@ async fn load(
         summary.written() as f64 / secs,
         summary.rejected.len()
     );
-    Ok(Row {
+    Ok(Some(Row {
         server: server.to_owned(),
         workload: "import".into(),
         requests: summary.written(),
@@ -369,7 +421,7 @@ async fn load(
             .take(5)
             .map(|r| format!("{}: {}", r.at, r.reason))
             .collect(),
-    })
+    }))
 }
 
 async fn workloads(
