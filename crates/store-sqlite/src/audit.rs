@@ -175,7 +175,8 @@ pub(crate) fn search(conn: &Connection, q: &AuditQuery) -> Result<Vec<LedgerRow>
     if let Some(before) = q.before_seq {
         sql.push_str(&format!(" AND i.seq < {}", arg(Value::Integer(before))));
     }
-    let limit = arg(Value::Integer(i64::try_from(q.limit).unwrap_or(i64::MAX)));
+    // A literal limit: see `crate::search::build` for why never `LIMIT ?`.
+    let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
     sql.push_str(&format!(" ORDER BY i.seq DESC LIMIT {limit}"));
     let mut stmt = conn.prepare_cached(&sql).map_err(sql_err)?;
     let raw: Vec<(i64, Vec<u8>, Vec<u8>)> = stmt
@@ -212,22 +213,21 @@ pub(crate) fn raw_rows(
     after: i64,
     limit: usize,
 ) -> Result<Vec<RawLedgerRow>, StoreError> {
+    // A literal limit: see `crate::search::build` for why never `LIMIT ?`.
     let mut stmt = conn
-        .prepare_cached(
-            "SELECT seq, record, hash FROM audit_ledger WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-        )
+        .prepare_cached(&format!(
+            "SELECT seq, record, hash FROM audit_ledger WHERE seq > ?1 ORDER BY seq LIMIT {}",
+            i64::try_from(limit).unwrap_or(i64::MAX)
+        ))
         .map_err(sql_err)?;
-    stmt.query_map(
-        params![after, i64::try_from(limit).unwrap_or(i64::MAX)],
-        |r| {
-            Ok(RawLedgerRow {
-                seq: r.get(0)?,
-                // An attacker may have stored TEXT or NULL: read any type as bytes.
-                record: blob_or_text(r.get_ref(1)?),
-                hash: blob_or_text(r.get_ref(2)?),
-            })
-        },
-    )
+    stmt.query_map(params![after], |r| {
+        Ok(RawLedgerRow {
+            seq: r.get(0)?,
+            // An attacker may have stored TEXT or NULL: read any type as bytes.
+            record: blob_or_text(r.get_ref(1)?),
+            hash: blob_or_text(r.get_ref(2)?),
+        })
+    })
     .and_then(Iterator::collect)
     .map_err(sql_err)
 }

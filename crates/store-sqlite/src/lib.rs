@@ -112,6 +112,14 @@ pub struct SqliteOptions {
     pub audit_sync: AuditSync,
     /// Page cache per connection, KiB.
     pub cache_kib: i64,
+    /// How much of the database file each connection memory-maps
+    /// (`PRAGMA mmap_size`; 0: none). Mapped pages are read in place: no
+    /// `pread` copy and no page-cache churn per page, which at 1.5 M
+    /// resources was 40% of a read's CPU. Writes still go through the file
+    /// (SQLite maps read-only). The price, as SQLite documents: an I/O
+    /// error on a mapped page is a signal that ends the process rather
+    /// than an error returned to one request.
+    pub mmap_bytes: i64,
 }
 
 impl Default for SqliteOptions {
@@ -125,6 +133,9 @@ impl Default for SqliteOptions {
             synchronous: Synchronous::Full,
             audit_sync: AuditSync::Checkpoint,
             cache_kib: 64 * 1024,
+            // 1 TiB: the whole file, for any database this machine holds
+            // (the build's `SQLITE_MAX_MMAP_SIZE`, .cargo/config.toml).
+            mmap_bytes: 1 << 40,
         }
     }
 }
@@ -307,8 +318,10 @@ pub(crate) fn configure(
     // Readers are many; each gets a quarter of the writer's cache.
     let cache = if writer { o.cache_kib } else { o.cache_kib / 4 };
     conn.execute_batch(&format!(
-        "PRAGMA temp_store=MEMORY; PRAGMA cache_size=-{}; PRAGMA foreign_keys=OFF;",
-        cache.max(1024)
+        "PRAGMA temp_store=MEMORY; PRAGMA cache_size=-{}; PRAGMA foreign_keys=OFF; \
+         PRAGMA mmap_size={};",
+        cache.max(1024),
+        o.mmap_bytes.max(0)
     ))
     .map_err(sql_err)?;
     conn.set_prepared_statement_cache_capacity(128);

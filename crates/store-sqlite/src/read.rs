@@ -5,6 +5,7 @@
 //! concurrent reads to the number of connections. Each read runs on
 //! `spawn_blocking` so SQLite's blocking calls never stall the async runtime.
 
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -189,8 +190,12 @@ pub(crate) fn history(
         sql.push_str(" AND r.seq < ?");
         binds.push(Value::Integer(before));
     }
-    sql.push_str(" ORDER BY r.seq DESC LIMIT ?");
-    binds.push(Value::Integer(i64::try_from(q.count).unwrap_or(i64::MAX)));
+    // A literal limit: see `crate::search::build` for why never `LIMIT ?`.
+    let _ = write!(
+        sql,
+        " ORDER BY r.seq DESC LIMIT {}",
+        i64::try_from(q.count).unwrap_or(i64::MAX)
+    );
     let mut stmt = conn.prepare_cached(&sql).map_err(sql_err)?;
     stmt.query_map(params_from_iter(binds.iter()), resource)
         .and_then(Iterator::collect)
@@ -215,16 +220,15 @@ pub(crate) fn audit_rows(
     after: i64,
     limit: usize,
 ) -> Result<Vec<LedgerRow>, StoreError> {
+    // A literal limit: see `crate::search::build` for why never `LIMIT ?`.
     let mut stmt = conn
-        .prepare_cached(
-            "SELECT seq, record, hash FROM audit_ledger WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-        )
+        .prepare_cached(&format!(
+            "SELECT seq, record, hash FROM audit_ledger WHERE seq > ?1 ORDER BY seq LIMIT {}",
+            i64::try_from(limit).unwrap_or(i64::MAX)
+        ))
         .map_err(sql_err)?;
     let raw: Vec<(i64, Vec<u8>, Vec<u8>)> = stmt
-        .query_map(
-            params![after, i64::try_from(limit).unwrap_or(i64::MAX)],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
+        .query_map(params![after], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .and_then(Iterator::collect)
         .map_err(sql_err)?;
     raw.into_iter()
@@ -314,4 +318,70 @@ pub(crate) fn explain(conn: &mut Connection, q: &SearchQuery) -> Result<Vec<Stri
     })
     .and_then(Iterator::collect)
     .map_err(sql_err)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use carelayer_store::{Clause, Predicate, SearchQuery};
+    use rusqlite::{Connection, StatementStatus};
+
+    use crate::search::{Shape, build};
+    use crate::{SqliteOptions, configure};
+
+    /// A cached page statement runs again with new bindings (each search
+    /// binds its own snapshot) without SQLite re-parsing and re-planning
+    /// it: it did on every run while the page size was bound (`LIMIT ?`).
+    #[test]
+    fn cached_search_statements_are_never_reprepared() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        configure(&conn, &SqliteOptions::default(), true).unwrap();
+        crate::schema::migrate(&mut conn).unwrap();
+        let q = SearchQuery {
+            resource_types: vec!["Observation".into()],
+            clauses: vec![Clause {
+                any_of: vec![Predicate::PatientKey("pat-1".into())],
+            }],
+            count: 10,
+            ..SearchQuery::default()
+        };
+        for (snapshot, offset) in [(5, 0), (6, 0), (7, 10), (8, 10)] {
+            let q = SearchQuery {
+                offset,
+                snapshot_seq: Some(snapshot),
+                ..q.clone()
+            };
+            super::search(&mut conn, &q).unwrap();
+        }
+        for offset in [0, 10] {
+            let q = SearchQuery {
+                offset,
+                ..q.clone()
+            };
+            let page = build(&q, Some(1), Shape::Page, 0).unwrap();
+            let stmt = conn.prepare_cached(&page.text).unwrap();
+            assert_eq!(
+                stmt.get_status(StatementStatus::RePrepare),
+                0,
+                "{}",
+                page.text
+            );
+        }
+    }
+
+    /// The build's `SQLITE_MAX_MMAP_SIZE` (.cargo/config.toml) lets a
+    /// connection map far more than SQLite's default 2 GiB cap.
+    #[test]
+    fn connections_map_the_whole_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("m.db")).unwrap();
+        let options = SqliteOptions::default();
+        configure(&conn, &options, false).unwrap();
+        let mapped: i64 = conn
+            .query_row("PRAGMA mmap_size", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mapped, options.mmap_bytes);
+        assert!(mapped > 2 << 30);
+    }
 }

@@ -93,10 +93,18 @@ pub(crate) fn build(
     b.where_for(query, "c", snapshot)?;
     if shape == Shape::Page {
         b.order_by(&query.sort)?;
-        b.sql.push(" LIMIT ");
-        b.sql.bind(i64::try_from(query.count).unwrap_or(i64::MAX));
-        b.sql.push(" OFFSET ");
-        b.sql.bind(i64::try_from(query.offset).unwrap_or(i64::MAX));
+        // Literals, not parameters: SQLite reads a value bound to `LIMIT ?`
+        // while planning and then marks the statement stale whenever it is
+        // bound again, so a cached page statement was re-parsed and
+        // re-planned on every execution (a fifth of all CPU under a read
+        // load that loads patients' facts: docs/benchmarks.md, session 5).
+        // A page size and offset are numbers we made, never caller text.
+        let _ = write!(
+            b.sql.text,
+            " LIMIT {} OFFSET {}",
+            i64::try_from(query.count).unwrap_or(i64::MAX),
+            i64::try_from(query.offset).unwrap_or(i64::MAX)
+        );
     }
     Ok(b.sql)
 }
