@@ -173,6 +173,9 @@ async fn flush(client: &Object, rows: Option<IndexRows>) -> Result<(), StoreErro
 pub(crate) enum Job {
     Commit(WriteSet, oneshot::Sender<Result<CommitReceipt, StoreError>>),
     Audit(Vec<AuditRecord>, oneshot::Sender<Result<(), StoreError>>),
+    /// A bulk load of about this many resources starts (`Some`) or ends
+    /// (`None`): see [`Loads`]. Run alone, between batches, in queue order.
+    Load(Option<u64>, oneshot::Sender<Result<(), StoreError>>),
     /// Finish what is queued before this, then stop.
     Close(oneshot::Sender<()>),
 }
@@ -183,7 +186,8 @@ impl Job {
         match self {
             Self::Commit(_, reply) => reply.is_closed(),
             Self::Audit(_, reply) => reply.is_closed(),
-            Self::Close(_) => false,
+            // Begins and ends must pair up whoever still listens.
+            Self::Load(..) | Self::Close(_) => false,
         }
     }
 }
@@ -208,12 +212,17 @@ pub(crate) async fn run(
     let max_batch = max_batch.max(1);
     let mut batch: Vec<Job> = Vec::with_capacity(max_batch);
     let mut stats = Statistics::default();
+    let mut loads = Loads::default();
     // The head the last batch committed, while nothing has failed since.
     let mut cached: Option<Head> = None;
+    // A `Load` job that ended the last batch's collection, run next.
+    let mut held: Option<Job> = None;
     loop {
         // After a bulk load, the last stretch of it is analysed once the
         // load pauses (see `Statistics`), also if nothing else comes.
-        let next = if stats.since > 0 {
+        let next = if let Some(job) = held.take() {
+            Some(job)
+        } else if stats.since > 0 && !loads.deferred {
             match tokio::time::timeout(LOAD_PAUSE, rx.recv()).await {
                 Ok(next) => next,
                 Err(_) => {
@@ -225,11 +234,28 @@ pub(crate) async fn run(
             rx.recv().await
         };
         let Some(first) = next else {
+            if loads.deferred {
+                // Every sender is gone mid-load: build what it put off.
+                let _ = loads.finish(&pool, &mut stats).await;
+            }
             return;
         };
+        if let Job::Load(load, reply) = first {
+            let result = match load {
+                Some(expected) => loads.begin(&pool, expected).await,
+                None => loads.end(&pool, &mut stats).await,
+            };
+            let _ = reply.send(result);
+            continue;
+        }
         batch.push(first);
         while batch.len() < max_batch {
             match rx.try_recv() {
+                // Load jobs run alone, after the jobs queued before them.
+                Ok(job @ Job::Load(..)) => {
+                    held = Some(job);
+                    break;
+                }
                 Ok(job) => batch.push(job),
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
@@ -250,14 +276,64 @@ pub(crate) async fn run(
         if !batch.is_empty() {
             stats.count(&batch);
             run_batch(&pool, &mut batch, deadline, audit_sync, &mut cached).await;
-            stats.refresh_if_due(&pool);
+            // While the indexes are put off, so are the statistics: the
+            // builds at the end analyse every table they build on.
+            if !loads.deferred {
+                stats.refresh_if_due(&pool);
+            }
         }
         batch.clear();
         if let Some(reply) = closing {
+            if loads.deferred {
+                // Closed mid-load: never leave the indexes unbuilt.
+                if let Err(e) = loads.finish(&pool, &mut stats).await {
+                    tracing::warn!(error = %e, "building the indexes a bulk load put off failed; the next connect builds them");
+                }
+            }
             pool.close();
             let _ = reply.send(());
             return;
         }
+    }
+}
+
+/// The bulk loads under way (`Store::begin_bulk_load`), and whether their
+/// secondary indexes were dropped to be built at the end (`bulk.rs`).
+#[derive(Default)]
+struct Loads {
+    /// Loads begun and not yet ended (they may overlap).
+    open: u32,
+    /// The indexes were dropped by the first of the open loads.
+    deferred: bool,
+}
+
+impl Loads {
+    async fn begin(&mut self, pool: &Pool, expected: u64) -> Result<(), StoreError> {
+        self.open += 1;
+        // Only the first of overlapping loads decides: a later one finds
+        // the indexes gone already, or kept for a reason that still holds.
+        if self.open == 1 {
+            self.deferred = crate::bulk::prepare(pool, expected).await?;
+        }
+        Ok(())
+    }
+
+    async fn end(&mut self, pool: &Pool, stats: &mut Statistics) -> Result<(), StoreError> {
+        self.open = self.open.saturating_sub(1);
+        if self.open > 0 || !self.deferred {
+            return Ok(());
+        }
+        self.finish(pool, stats).await
+    }
+
+    /// Build the indexes (and statistics) the loads put off.
+    async fn finish(&mut self, pool: &Pool, stats: &mut Statistics) -> Result<(), StoreError> {
+        self.deferred = false;
+        crate::bulk::build_missing(pool).await?;
+        // The builds analysed every table they built on: nothing is due.
+        stats.at_last += stats.since;
+        stats.since = 0;
+        Ok(())
     }
 }
 
