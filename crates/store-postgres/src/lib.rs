@@ -37,6 +37,7 @@
 
 mod audit;
 mod bulk;
+mod copy;
 mod error;
 mod read;
 mod schema;
@@ -444,7 +445,15 @@ impl Store for PostgresStore {
     }
 
     async fn commit(&self, writes: WriteSet) -> Result<CommitReceipt, StoreError> {
-        self.submit(|reply| Job::Commit(writes, reply)).await
+        // A bulk write set's COPY bodies are encoded here, on the caller's
+        // task, not by the one writer task (`copy.rs`).
+        let encoded = if writes.resources.len() >= writer::BULK_RESOURCES {
+            Some(copy::Encoded::new(&writes.resources)?)
+        } else {
+            None
+        };
+        self.submit(|reply| Job::Commit(writes, encoded, reply))
+            .await
     }
 
     async fn append_audit(&self, entries: Vec<AuditRecord>) -> Result<(), StoreError> {

@@ -253,3 +253,191 @@ async fn connecting_builds_what_an_unfinished_load_left_and_closing_too() {
     store.close().await;
     assert_eq!(indexes(&db.url).await, migrated);
 }
+
+/// Index entries of every kind (absent parts, composites, odd values).
+fn every_kind(i: usize) -> Vec<IndexEntry> {
+    let token = |system: Option<&str>, code: Option<&str>, text: Option<&str>| IndexValue::Token {
+        system: system.map(str::to_owned),
+        code: code.map(str::to_owned),
+        text: text.map(str::to_owned),
+    };
+    let entry = |param: &str, value: IndexValue| IndexEntry {
+        param: param.into(),
+        value,
+    };
+    vec![
+        entry(
+            "code",
+            token(Some("http://loinc.org"), Some("8867-4"), Some("Heart rate")),
+        ),
+        entry("code", token(None, Some(&format!("c{i}")), None)),
+        entry("category", token(Some("s"), None, Some("Ünïcødé ✓"))),
+        entry(
+            "name",
+            IndexValue::String {
+                normalized: format!("smith{i}"),
+                exact: format!("Smith {i}"),
+            },
+        ),
+        entry(
+            "date",
+            IndexValue::Date {
+                low: i64::MIN,
+                high: i64::try_from(i).unwrap(),
+            },
+        ),
+        entry("probability", IndexValue::Number { value: -1.5e-7 }),
+        entry(
+            "value-quantity",
+            IndexValue::Quantity {
+                value: 72.25,
+                system: Some("http://unitsofmeasure.org".into()),
+                code: None,
+                unit: Some("/min".into()),
+            },
+        ),
+        entry(
+            "subject",
+            IndexValue::Reference {
+                target_type: Some("Patient".into()),
+                target_id: Some("p1".into()),
+                url: "Patient/p1".into(),
+            },
+        ),
+        entry(
+            "subject",
+            IndexValue::Reference {
+                target_type: None,
+                target_id: None,
+                url: "http://elsewhere/x".into(),
+            },
+        ),
+        entry(
+            "url",
+            IndexValue::Uri {
+                uri: "urn:uuid:1".into(),
+            },
+        ),
+        entry(
+            "code-value-quantity",
+            IndexValue::Composite {
+                parts: vec![
+                    token(Some("http://loinc.org"), Some("8867-4"), None),
+                    IndexValue::Quantity {
+                        value: 72.0,
+                        system: None,
+                        code: None,
+                        unit: None,
+                    },
+                ],
+            },
+        ),
+    ]
+}
+
+/// Resources `<prefix>0..<prefix>69` with every kind of index entry; the
+/// last one is written twice in the set (versions 1 and 2) and one is a
+/// deletion, as an import batch or a transaction may carry.
+fn observations(prefix: &str) -> Vec<ResourceWrite> {
+    let mut out: Vec<ResourceWrite> = (0..70)
+        .map(|i| ResourceWrite {
+            resource_type: "Observation".into(),
+            id: format!("{prefix}{i}"),
+            version: 1,
+            last_updated: 1_700_000_000_000_000 + i64::try_from(i).unwrap(),
+            deleted: i == 5,
+            json: format!(r#"{{"n":{i}}}"#).into_bytes(),
+            patient_key: (i % 2 == 0).then(|| "p1".to_owned()),
+            index: if i == 5 { Vec::new() } else { every_kind(i) },
+        })
+        .collect();
+    let mut again = out[69].clone();
+    again.version = 2;
+    again.index.truncate(3);
+    out.push(again);
+    out
+}
+
+/// Every row of `table` belonging to resources whose id starts with
+/// `prefix`, as JSON without the `rid` and with the prefix taken off the id.
+async fn rows_of(client: &tokio_postgres::Client, table: &str, prefix: &str) -> Vec<String> {
+    let sql = format!(
+        "SELECT substr(c.id, 2) || ' ' || (to_jsonb(t) - 'rid')::text FROM {table} t \
+         JOIN current c ON c.rid = t.rid WHERE c.id LIKE $1 ORDER BY 1"
+    );
+    client
+        .query(&sql, &[&format!("{prefix}%")])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+#[tokio::test]
+async fn copy_and_row_inserts_write_the_same_rows() {
+    let Some((store, db)) = common::fresh().await else {
+        return;
+    };
+    // One set of 71 writes goes by COPY (`copy.rs`) ...
+    commit(&store, observations("a")).await;
+    // ... the same in sets of 10 by the row inserts, in the same order
+    // (both versions of the twice-written one in the same set).
+    let mut rest = observations("b");
+    let tail = rest.split_off(60);
+    for chunk in rest.chunks(10) {
+        commit(&store, chunk.to_vec()).await;
+    }
+    commit(&store, tail).await;
+
+    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let task = tokio::spawn(conn);
+    let versions = "SELECT substr(id, 2) || ' ' || (to_jsonb(r) - 'seq' - 'id')::text \
+                    FROM resources r WHERE id LIKE $1 ORDER BY 1";
+    let a: Vec<String> = client
+        .query(versions, &[&"a%"])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let b: Vec<String> = client
+        .query(versions, &[&"b%"])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(a.len(), 71);
+    assert_eq!(a, b, "versions");
+    for table in [
+        "idx_token",
+        "idx_string",
+        "idx_date",
+        "idx_number",
+        "idx_quantity",
+        "idx_reference",
+        "idx_uri",
+        "idx_composite",
+    ] {
+        let a = rows_of(&client, table, "a").await;
+        assert!(!a.is_empty(), "{table} has rows");
+        assert_eq!(a, rows_of(&client, table, "b").await, "{table}");
+    }
+    // The deleted one has none; the twice-written one only its last
+    // version's three.
+    let n: i64 = client
+        .query_one(
+            "SELECT count(*) FROM idx_token t JOIN current c ON c.rid = t.rid WHERE c.id = 'a69'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 3);
+    drop(client);
+    let _ = task.await;
+    store.close().await;
+}
