@@ -319,7 +319,14 @@ impl Loads {
         // Only the first of overlapping loads decides: a later one finds
         // the indexes gone already, or kept for a reason that still holds.
         if self.open == 1 {
-            self.deferred = crate::bulk::prepare(pool, expected).await?;
+            match crate::bulk::prepare(pool, expected).await {
+                Ok(deferred) => self.deferred = deferred,
+                Err(e) => {
+                    // Refused: the caller will not end a load that never began.
+                    self.open -= 1;
+                    return Err(e);
+                }
+            }
         }
         Ok(())
     }

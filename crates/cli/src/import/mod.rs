@@ -290,11 +290,15 @@ pub async fn execute(args: &ImportArgs, sink: &Sink) -> anyhow::Result<ImportSum
     let bulk = match sink {
         Sink::Records { records, caller } => {
             let expected = (total_bytes - done_bytes.min(total_bytes)) / BYTES_PER_RESOURCE;
-            records
-                .begin_bulk_load(caller, expected)
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot start the bulk load: {e}"))?;
-            Some((records, caller))
+            // Only a hint: if the store cannot act on it, the load goes
+            // ahead as it would have without.
+            match records.begin_bulk_load(caller, expected).await {
+                Ok(()) => Some((records, caller)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the store could not prepare for a bulk load");
+                    None
+                }
+            }
         }
         Sink::Server { .. } => None,
     };
