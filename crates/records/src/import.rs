@@ -7,6 +7,7 @@
 use std::collections::{HashMap, HashSet};
 
 use carelayer_audit::AuditAction;
+use carelayer_policy::Principal;
 use carelayer_store::StoredResource;
 use serde_json::Value;
 
@@ -84,6 +85,40 @@ pub fn describe_error(e: &RecordsError) -> String {
 }
 
 impl Records {
+    /// An import of about `expected` resources starts (the CLI's in-process
+    /// import): the store may prepare for it ([`Store::begin_bulk_load`]).
+    /// Only the operator may: it is a hint that can make other users'
+    /// searches slower while it lasts, never different. Each call must be
+    /// followed by one [`Records::end_bulk_load`], also when the import fails.
+    ///
+    /// [`Store::begin_bulk_load`]: carelayer_store::Store::begin_bulk_load
+    ///
+    /// # Errors
+    /// [`RecordsError::Forbidden`] for anyone but the operator; store errors.
+    pub async fn begin_bulk_load(
+        &self,
+        caller: &Caller,
+        expected: u64,
+    ) -> Result<(), RecordsError> {
+        if caller.principal != Principal::LocalOperator {
+            return Err(RecordsError::Forbidden);
+        }
+        Ok(self.store.begin_bulk_load(expected).await?)
+    }
+
+    /// The import [`Records::begin_bulk_load`] announced is over: returns
+    /// when the store has done what it put off (PostgreSQL: its indexes
+    /// built), so searches after it run as usual.
+    ///
+    /// # Errors
+    /// As [`Records::begin_bulk_load`].
+    pub async fn end_bulk_load(&self, caller: &Caller) -> Result<(), RecordsError> {
+        if caller.principal != Principal::LocalOperator {
+            return Err(RecordsError::Forbidden);
+        }
+        Ok(self.store.end_bulk_load().await?)
+    }
+
     /// Import resources (see the module docs) with default options.
     ///
     /// # Errors

@@ -36,6 +36,8 @@
 //! loopback or a private network until it is.
 
 mod audit;
+mod bulk;
+mod copy;
 mod error;
 mod read;
 mod schema;
@@ -295,6 +297,15 @@ impl PostgresStore {
             let mut client = reads.get().await.map_err(pool_err)?;
             schema::migrate(&mut client).await?;
         }
+        // A bulk load whose process died before its end left its indexes
+        // unbuilt (`bulk.rs`): build them before serving anything.
+        let missing = bulk::build_missing(&reads).await?;
+        if missing > 0 {
+            tracing::warn!(
+                indexes = missing,
+                "built the secondary indexes an unfinished bulk load had dropped"
+            );
+        }
         // Two connections: one in use by a batch, one ready should that one
         // break (the pool replaces broken ones lazily anyway).
         let writes = pool(config, 2, &options)?;
@@ -360,6 +371,15 @@ impl PostgresStore {
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Job,
     ) -> Result<T, StoreError> {
+        self.submit_within(Some(self.deadline), make).await
+    }
+
+    /// [`PostgresStore::submit`] with a deadline of its own (`None`: none).
+    async fn submit_within<T>(
+        &self,
+        deadline: Option<Duration>,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Job,
+    ) -> Result<T, StoreError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(gone());
         }
@@ -372,9 +392,12 @@ impl PostgresStore {
             self.tx.send(make(reply)).await.map_err(|_| gone())?;
             rx.await.map_err(|_| gone())?
         };
-        tokio::time::timeout(self.deadline, job)
-            .await
-            .unwrap_or_else(|_| Err(timed_out("write")))
+        match deadline {
+            Some(deadline) => tokio::time::timeout(deadline, job)
+                .await
+                .unwrap_or_else(|_| Err(timed_out("write"))),
+            None => job.await,
+        }
     }
 }
 
@@ -422,7 +445,15 @@ impl Store for PostgresStore {
     }
 
     async fn commit(&self, writes: WriteSet) -> Result<CommitReceipt, StoreError> {
-        self.submit(|reply| Job::Commit(writes, reply)).await
+        // A bulk write set's COPY bodies are encoded here, on the caller's
+        // task, not by the one writer task (`copy.rs`).
+        let encoded = if writes.resources.len() >= writer::BULK_RESOURCES {
+            Some(copy::Encoded::new(&writes.resources)?)
+        } else {
+            None
+        };
+        self.submit(|reply| Job::Commit(writes, encoded, reply))
+            .await
     }
 
     async fn append_audit(&self, entries: Vec<AuditRecord>) -> Result<(), StoreError> {
@@ -463,6 +494,18 @@ impl Store for PostgresStore {
 
     async fn checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError> {
         self.read(|c| async move { audit::checkpoints(&c).await.map(|r| (c, r)) })
+            .await
+    }
+
+    async fn begin_bulk_load(&self, expected: u64) -> Result<(), StoreError> {
+        self.submit(|reply| Job::Load(Some(expected), reply)).await
+    }
+
+    async fn end_bulk_load(&self) -> Result<(), StoreError> {
+        // No deadline: the builds take time in proportion to the data
+        // (like a migration), and they are the operator's command, not a
+        // request. Each statement of them is bounded by PostgreSQL alone.
+        self.submit_within(None, |reply| Job::Load(None, reply))
             .await
     }
 

@@ -221,6 +221,67 @@ CREATE INDEX idx_date_long ON idx_date (param, high) WHERE low < high - 27648000
 /// Ordered migrations; index + 1 is the schema version it produces.
 pub(crate) const MIGRATIONS: &[&str] = &[V1, V2];
 
+/// The secondary indexes a bulk load into a (near-)empty database drops and
+/// builds once at its end (`bulk.rs`), as `(table, name, definition)`:
+/// every index of the resource and index tables that is neither a primary
+/// key nor a unique constraint. Those stay: writes rely on them (`ON
+/// CONFLICT (type, id)`, replaced index rows deleted by `rid`, the
+/// uniqueness of versions). No answer depends on any listed index, only
+/// speed. Each definition must be the one its migration created (a later
+/// migration that changes one must change it here too):
+/// `tests/bulk_load.rs` compares `pg_indexes` before a load and after.
+pub(crate) const DEFERRABLE_INDEXES: &[(&str, &str, &str)] = &[
+    ("resources", "resources_type_seq", "(type, seq)"),
+    (
+        "resources",
+        "resources_patient",
+        "(patient_key, seq) WHERE patient_key IS NOT NULL",
+    ),
+    ("current", "current_live", "(type, id) WHERE NOT deleted"),
+    (
+        "current",
+        "current_patient",
+        "(patient_key, type) WHERE patient_key IS NOT NULL",
+    ),
+    ("current", "current_updated", "(type, last_updated)"),
+    ("current", "current_seq", "(seq)"),
+    ("idx_token", "idx_token_code", "(param, code, system)"),
+    (
+        "idx_token",
+        "idx_token_system",
+        "(param, system) WHERE system IS NOT NULL",
+    ),
+    (
+        "idx_token",
+        "idx_token_text",
+        "(param, text) WHERE text IS NOT NULL",
+    ),
+    ("idx_string", "idx_string_norm", "(param, normalized)"),
+    ("idx_string", "idx_string_exact", "(param, exact)"),
+    ("idx_date", "idx_date_low", "(param, low)"),
+    ("idx_date", "idx_date_high", "(param, high)"),
+    (
+        "idx_date",
+        "idx_date_long",
+        "(param, high) WHERE low < high - 2764800000000",
+    ),
+    ("idx_number", "idx_number_value", "(param, value)"),
+    ("idx_quantity", "idx_quantity_value", "(param, value)"),
+    (
+        "idx_reference",
+        "idx_reference_target",
+        "(param, target_id, target_type)",
+    ),
+    ("idx_reference", "idx_reference_url", "(param, url)"),
+    (
+        "idx_reference",
+        "idx_reference_back",
+        "(target_type, target_id)",
+    ),
+    ("idx_uri", "idx_uri_uri", "(param, uri)"),
+    ("idx_composite", "idx_composite_param", "(param)"),
+];
+
 /// The index tables, cleared for a resource when its current version changes.
 pub(crate) const INDEX_TABLES: &[&str] = &[
     "idx_token",

@@ -37,11 +37,11 @@ use deadpool_postgres::{Object, Pool};
 use tokio::sync::mpsc::Receiver;
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::oneshot;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 
 use crate::AuditSync;
+use crate::copy::Encoded;
 use crate::error::{clone_err, pg_err, pool_err, timed_out};
 use crate::search::{Shape, Snapshot, build};
 
@@ -171,8 +171,17 @@ async fn flush(client: &Object, rows: Option<IndexRows>) -> Result<(), StoreErro
 
 /// Work for the writer.
 pub(crate) enum Job {
-    Commit(WriteSet, oneshot::Sender<Result<CommitReceipt, StoreError>>),
+    /// A write set, with its COPY bodies when it is bulk (encoded by the
+    /// caller: `copy.rs`).
+    Commit(
+        WriteSet,
+        Option<Encoded>,
+        oneshot::Sender<Result<CommitReceipt, StoreError>>,
+    ),
     Audit(Vec<AuditRecord>, oneshot::Sender<Result<(), StoreError>>),
+    /// A bulk load of about this many resources starts (`Some`) or ends
+    /// (`None`): see [`Loads`]. Run alone, between batches, in queue order.
+    Load(Option<u64>, oneshot::Sender<Result<(), StoreError>>),
     /// Finish what is queued before this, then stop.
     Close(oneshot::Sender<()>),
 }
@@ -181,9 +190,10 @@ impl Job {
     /// Nobody waits for this job's answer any more.
     fn abandoned(&self) -> bool {
         match self {
-            Self::Commit(_, reply) => reply.is_closed(),
+            Self::Commit(_, _, reply) => reply.is_closed(),
             Self::Audit(_, reply) => reply.is_closed(),
-            Self::Close(_) => false,
+            // Begins and ends must pair up whoever still listens.
+            Self::Load(..) | Self::Close(_) => false,
         }
     }
 }
@@ -208,12 +218,17 @@ pub(crate) async fn run(
     let max_batch = max_batch.max(1);
     let mut batch: Vec<Job> = Vec::with_capacity(max_batch);
     let mut stats = Statistics::default();
+    let mut loads = Loads::default();
     // The head the last batch committed, while nothing has failed since.
     let mut cached: Option<Head> = None;
+    // A `Load` job that ended the last batch's collection, run next.
+    let mut held: Option<Job> = None;
     loop {
         // After a bulk load, the last stretch of it is analysed once the
         // load pauses (see `Statistics`), also if nothing else comes.
-        let next = if stats.since > 0 {
+        let next = if let Some(job) = held.take() {
+            Some(job)
+        } else if stats.since > 0 && !loads.deferred {
             match tokio::time::timeout(LOAD_PAUSE, rx.recv()).await {
                 Ok(next) => next,
                 Err(_) => {
@@ -225,11 +240,28 @@ pub(crate) async fn run(
             rx.recv().await
         };
         let Some(first) = next else {
+            if loads.deferred {
+                // Every sender is gone mid-load: build what it put off.
+                let _ = loads.finish(&pool, &mut stats).await;
+            }
             return;
         };
+        if let Job::Load(load, reply) = first {
+            let result = match load {
+                Some(expected) => loads.begin(&pool, expected).await,
+                None => loads.end(&pool, &mut stats).await,
+            };
+            let _ = reply.send(result);
+            continue;
+        }
         batch.push(first);
         while batch.len() < max_batch {
             match rx.try_recv() {
+                // Load jobs run alone, after the jobs queued before them.
+                Ok(job @ Job::Load(..)) => {
+                    held = Some(job);
+                    break;
+                }
                 Ok(job) => batch.push(job),
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
@@ -250,14 +282,71 @@ pub(crate) async fn run(
         if !batch.is_empty() {
             stats.count(&batch);
             run_batch(&pool, &mut batch, deadline, audit_sync, &mut cached).await;
-            stats.refresh_if_due(&pool);
+            // While the indexes are put off, so are the statistics: the
+            // builds at the end analyse every table they build on.
+            if !loads.deferred {
+                stats.refresh_if_due(&pool);
+            }
         }
         batch.clear();
         if let Some(reply) = closing {
+            if loads.deferred {
+                // Closed mid-load: never leave the indexes unbuilt.
+                if let Err(e) = loads.finish(&pool, &mut stats).await {
+                    tracing::warn!(error = %e, "building the indexes a bulk load put off failed; the next connect builds them");
+                }
+            }
             pool.close();
             let _ = reply.send(());
             return;
         }
+    }
+}
+
+/// The bulk loads under way (`Store::begin_bulk_load`), and whether their
+/// secondary indexes were dropped to be built at the end (`bulk.rs`).
+#[derive(Default)]
+struct Loads {
+    /// Loads begun and not yet ended (they may overlap).
+    open: u32,
+    /// The indexes were dropped by the first of the open loads.
+    deferred: bool,
+}
+
+impl Loads {
+    async fn begin(&mut self, pool: &Pool, expected: u64) -> Result<(), StoreError> {
+        self.open += 1;
+        // Only the first of overlapping loads decides: a later one finds
+        // the indexes gone already, or kept for a reason that still holds.
+        if self.open == 1 {
+            match crate::bulk::prepare(pool, expected).await {
+                Ok(deferred) => self.deferred = deferred,
+                Err(e) => {
+                    // Refused: the caller will not end a load that never began.
+                    self.open -= 1;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn end(&mut self, pool: &Pool, stats: &mut Statistics) -> Result<(), StoreError> {
+        self.open = self.open.saturating_sub(1);
+        if self.open > 0 || !self.deferred {
+            return Ok(());
+        }
+        self.finish(pool, stats).await
+    }
+
+    /// Build the indexes (and statistics) the loads put off.
+    async fn finish(&mut self, pool: &Pool, stats: &mut Statistics) -> Result<(), StoreError> {
+        self.deferred = false;
+        crate::bulk::build_missing(pool).await?;
+        // The builds analysed every table they built on: nothing is due.
+        stats.at_last += stats.since;
+        stats.since = 0;
+        Ok(())
     }
 }
 
@@ -301,7 +390,7 @@ const FIRST_ANALYZE: u64 = 5_000;
 impl Statistics {
     fn count(&mut self, batch: &[Job]) {
         for job in batch {
-            if let Job::Commit(ws, _) = job
+            if let Job::Commit(ws, _, _) = job
                 && ws.resources.len() >= BULK_RESOURCES
             {
                 self.since += ws.resources.len() as u64;
@@ -371,13 +460,13 @@ async fn run_batch(
     };
     for (job, outcome) in batch.drain(..).zip(outcomes) {
         match (job, outcome) {
-            (Job::Commit(_, reply), Outcome::Commit(r)) => {
+            (Job::Commit(_, _, reply), Outcome::Commit(r)) => {
                 let _ = reply.send(r);
             }
             (Job::Audit(_, reply), Outcome::Audit(r)) => {
                 let _ = reply.send(r);
             }
-            (Job::Commit(_, reply), Outcome::Audit(Err(e))) => {
+            (Job::Commit(_, _, reply), Outcome::Audit(Err(e))) => {
                 let _ = reply.send(Err(e));
             }
             (Job::Audit(_, reply), Outcome::Commit(Err(e))) => {
@@ -422,7 +511,7 @@ const LOCK_HEAD: &str = "SELECT seq, audit_seq, audit_hash FROM commit_head FOR 
 /// versions and index rows go in by binary COPY, which PostgreSQL ingests
 /// faster than `unnest` arrays; smaller ones stay in the pipelined
 /// statements, whose fewer round trips matter more than ingest speed.
-const BULK_RESOURCES: usize = 64;
+pub(crate) const BULK_RESOURCES: usize = 64;
 
 /// Moves the head only if it is still the one this batch built on (a
 /// compare-and-swap, which also takes the row lock): on a mismatch the
@@ -617,7 +706,7 @@ async fn attempt(
         }
         let job = &batch[i];
         i += 1;
-        let Job::Commit(ws, _) = job else {
+        let Job::Commit(ws, encoded, _) = job else {
             outcomes.push(outcome(job, Ok(None)));
             continue;
         };
@@ -635,7 +724,7 @@ async fn attempt(
         let (flushed, sent, result) = futures::future::join3(
             flush(client, deferred.take()),
             send_first(client, pending.take(), lock_pending.take()),
-            apply_write_set(client, ws, &mut head, optimistic),
+            apply_write_set(client, ws, encoded.as_ref(), &mut head, optimistic),
         )
         .await;
         if flushed.is_err() {
@@ -764,11 +853,12 @@ fn show(v: Option<i64>) -> String {
 async fn apply_write_set(
     client: &Object,
     ws: &WriteSet,
+    encoded: Option<&Encoded>,
     head: &mut Head,
     defer: bool,
 ) -> Result<(CommitReceipt, Option<IndexRows>), StoreError> {
     let start_head = *head;
-    let bulk = ws.resources.len() >= BULK_RESOURCES;
+    let bulk = encoded.is_some();
     let plan = Plan::new(&ws.resources, head);
     let records: Vec<&AuditRecord> = ws.audit.iter().collect();
     let checks = check_all(client, &ws.preconditions);
@@ -800,12 +890,35 @@ async fn apply_write_set(
     if plan.n == 0 {
         return Ok((CommitReceipt { first_seq: 0 }, None));
     }
-    if bulk {
-        copy_versions(client, &plan).await?;
-    }
     let mut rid_of: HashMap<(&str, &str), i64> = HashMap::with_capacity(moved.len());
     for r in &moved {
         rid_of.insert((r.get(1), r.get(2)), r.get(0));
+    }
+    let receipt = CommitReceipt {
+        first_seq: start_head.seq + 1,
+    };
+    if let Some(encoded) = encoded {
+        // Seqs follow write-set order from the head, as `Plan::new` gave.
+        let first = start_head.seq + 1;
+        let versions = encoded.versions.patched(|i| {
+            i64::try_from(i)
+                .map(|i| first + i)
+                .map_err(|_| StoreError::Other("write set too large".into()))
+        })?;
+        copy_body(client, crate::copy::VERSIONS_COPY, versions).await?;
+        for table in &encoded.tables {
+            let body = table.body.patched(|i| {
+                let w = &ws.resources[i];
+                rid_of
+                    .get(&(w.resource_type.as_str(), w.id.as_str()))
+                    .copied()
+                    .ok_or_else(|| {
+                        StoreError::Other(format!("no rid for {}/{}", w.resource_type, w.id))
+                    })
+            })?;
+            copy_body(client, table.copy, body).await?;
+        }
+        return Ok((receipt, None));
     }
     let mut rows = IndexRows::default();
     for &i in &plan.current {
@@ -819,12 +932,7 @@ async fn apply_write_set(
             .ok_or_else(|| StoreError::Other(format!("no rid for {}/{}", w.resource_type, w.id)))?;
         rows.add_resource(rid, w)?;
     }
-    let receipt = CommitReceipt {
-        first_seq: start_head.seq + 1,
-    };
-    if bulk {
-        rows.copy(client).await?;
-    } else if defer {
+    if defer {
         return Ok((receipt, Some(rows)));
     } else {
         rows.insert(client).await?;
@@ -1000,47 +1108,20 @@ async fn insert_versions(client: &Object, plan: &Plan<'_>) -> Result<(), StoreEr
     Ok(())
 }
 
-/// Every version of a bulk write set, by binary COPY.
-async fn copy_versions(client: &Object, plan: &Plan<'_>) -> Result<(), StoreError> {
-    let stmt = client
-        .prepare_cached(
-            "COPY resources (seq, type, id, version, last_updated, deleted, patient_key, json) \
-             FROM STDIN (FORMAT binary)",
-        )
+/// Send one encoded COPY body (`copy.rs`): a single message, which
+/// PostgreSQL parses as it streams in.
+async fn copy_body(client: &Object, sql: &str, body: Vec<u8>) -> Result<(), StoreError> {
+    use futures::SinkExt as _;
+    let stmt = client.prepare_cached(sql).await.map_err(pg_err)?;
+    let sink = client
+        .copy_in::<_, std::io::Cursor<Vec<u8>>>(&stmt)
         .await
         .map_err(pg_err)?;
-    let sink = client.copy_in(&stmt).await.map_err(pg_err)?;
-    let writer = BinaryCopyInWriter::new(
-        sink,
-        &[
-            Type::INT8,
-            Type::TEXT,
-            Type::TEXT,
-            Type::INT8,
-            Type::INT8,
-            Type::BOOL,
-            Type::TEXT,
-            Type::BYTEA,
-        ],
-    );
-    futures::pin_mut!(writer);
-    for i in 0..plan.n {
-        writer
-            .as_mut()
-            .write(&[
-                &plan.seqs[i],
-                &plan.types[i],
-                &plan.ids[i],
-                &plan.versions[i],
-                &plan.updated[i],
-                &plan.deleted[i],
-                &plan.keys[i],
-                &plan.jsons[i],
-            ])
-            .await
-            .map_err(pg_err)?;
-    }
-    writer.finish().await.map_err(pg_err)?;
+    futures::pin_mut!(sink);
+    sink.send(std::io::Cursor::new(body))
+        .await
+        .map_err(pg_err)?;
+    sink.finish().await.map_err(pg_err)?;
     Ok(())
 }
 
@@ -1052,7 +1133,18 @@ async fn delete_old_index_rows(client: &Object, plan: &Plan<'_>) -> Result<(), S
         .prepare_cached(&DELETE_OLD_INDEX_ROWS)
         .await
         .map_err(pg_err)?;
-    let (types, ids) = plan.current_keys();
+    // A resource written at version 1 has no earlier version (versions of
+    // a key are unique in `resources`), so no index rows to remove: an
+    // import of new resources skips the lookups altogether.
+    let (types, ids): (Vec<&str>, Vec<&str>) = plan
+        .current
+        .iter()
+        .filter(|&&i| plan.versions[i] > 1)
+        .map(|&i| (plan.types[i], plan.ids[i]))
+        .unzip();
+    if types.is_empty() {
+        return Ok(());
+    }
     client
         .execute(&stmt, &[&types, &ids])
         .await
@@ -1309,11 +1401,7 @@ impl IndexRows {
                 .map(|((n, t), col)| (*n, t.clone(), col))
                 .collect();
             columns.extend(own);
-            out.push(TableRows {
-                name,
-                len: c.rid.len(),
-                columns,
-            });
+            out.push(TableRows { name, columns });
         }
         let mut out = Vec::new();
         let t = &self.token.own;
@@ -1387,7 +1475,6 @@ impl IndexRows {
             // No `grp` column: composite rows are themselves the group.
             out.push(TableRows {
                 name: "idx_composite",
-                len: c.rid.len(),
                 columns: vec![
                     col("rid", Type::INT8, &c.rid),
                     col("ord", Type::INT8, &c.ord),
@@ -1424,32 +1511,6 @@ impl IndexRows {
         }
         Ok(())
     }
-
-    /// Every non-empty table by binary COPY (bulk write sets).
-    async fn copy(&self, client: &Object) -> Result<(), StoreError> {
-        for t in self.tables() {
-            let stmt = client
-                .prepare_cached(&format!(
-                    "COPY {} ({}) FROM STDIN (FORMAT binary)",
-                    t.name,
-                    t.names()
-                ))
-                .await
-                .map_err(pg_err)?;
-            let sink = client.copy_in(&stmt).await.map_err(pg_err)?;
-            let types: Vec<Type> = t.columns.iter().map(|(_, ty, _)| ty.clone()).collect();
-            let writer = BinaryCopyInWriter::new(sink, &types);
-            futures::pin_mut!(writer);
-            let mut row: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(t.columns.len());
-            for i in 0..t.len {
-                row.clear();
-                row.extend(t.columns.iter().map(|(_, _, c)| c.at(i)));
-                writer.as_mut().write(&row).await.map_err(pg_err)?;
-            }
-            writer.finish().await.map_err(pg_err)?;
-        }
-        Ok(())
-    }
 }
 
 /// A column of a [`TableRows`] (a function, so the reference coerces).
@@ -1464,7 +1525,6 @@ fn col<'a>(
 /// One index table's rows: its name and its columns (name, type, values).
 struct TableRows<'a> {
     name: &'static str,
-    len: usize,
     columns: Vec<(&'static str, Type, &'a dyn Column)>,
 }
 
@@ -1494,11 +1554,10 @@ impl TableRows<'_> {
     }
 }
 
-/// A column of values: whole (an array parameter for `unnest`) or one row
-/// at a time (COPY).
+/// A column of values, as an array parameter for `unnest` (bulk write
+/// sets go by COPY instead, encoded by `copy.rs`).
 trait Column: Sync {
     fn whole(&self) -> &(dyn ToSql + Sync);
-    fn at(&self, i: usize) -> &(dyn ToSql + Sync);
 }
 
 impl<T: ToSql + Sync> Column for Vec<T>
@@ -1507,9 +1566,6 @@ where
 {
     fn whole(&self) -> &(dyn ToSql + Sync) {
         self
-    }
-    fn at(&self, i: usize) -> &(dyn ToSql + Sync) {
-        &self[i]
     }
 }
 

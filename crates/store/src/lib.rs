@@ -177,6 +177,34 @@ pub trait Store: Send + Sync + 'static {
         Err(StoreError::Unsupported("audit checkpoints".into()))
     }
 
+    /// A bulk load of about `expected` resources (an import) starts. A
+    /// backend may prepare for it: PostgreSQL, when the load will dwarf
+    /// what the database holds, stops maintaining its secondary indexes row
+    /// by row and builds them once, sorted, in [`Store::end_bulk_load`].
+    /// Nothing a caller can observe depends on it but speed: every write is
+    /// validated, indexed, audited and durable as always, and reads during
+    /// the load give the same answers (perhaps more slowly). Each call must
+    /// be followed by one [`Store::end_bulk_load`]; loads may overlap (the
+    /// backend finishes when the last one ends). The default does nothing.
+    ///
+    /// # Errors
+    /// Backend failures (the load may then go ahead unprepared).
+    async fn begin_bulk_load(&self, _expected: u64) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// The load [`Store::begin_bulk_load`] announced is over: returns once
+    /// whatever the backend put off for it is done (PostgreSQL: indexes
+    /// built, statistics refreshed). The default does nothing.
+    ///
+    /// # Errors
+    /// Backend failures: the data is committed, but what was put off may
+    /// not be done (PostgreSQL builds missing indexes again when it next
+    /// connects).
+    async fn end_bulk_load(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Number of current, non-deleted resources of a type (all types when `None`).
     ///
     /// # Errors

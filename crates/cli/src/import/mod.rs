@@ -282,9 +282,68 @@ pub async fn execute(args: &ImportArgs, sink: &Sink) -> anyhow::Result<ImportSum
         rejects_file: Some(rejects_path.clone()),
         ..ImportSummary::default()
     };
+    // In-process, the store may prepare for a load this size (PostgreSQL
+    // builds its secondary indexes once at the end when the load dwarfs
+    // what it holds). A rough count is enough: the store only compares it
+    // with what it holds, and synthetic and real NDJSON resources average
+    // about a kilobyte.
+    let bulk = match sink {
+        Sink::Records { records, caller } => {
+            let expected = (total_bytes - done_bytes.min(total_bytes)) / BYTES_PER_RESOURCE;
+            // Only a hint: if the store cannot act on it, the load goes
+            // ahead as it would have without.
+            match records.begin_bulk_load(caller, expected).await {
+                Ok(()) => Some((records, caller)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the store could not prepare for a bulk load");
+                    None
+                }
+            }
+        }
+        Sink::Server { .. } => None,
+    };
+    let loaded = load(
+        args,
+        sink,
+        &inputs,
+        &mut checkpoint,
+        &mut rejects_file,
+        &bar,
+        &mut summary,
+    )
+    .await;
+    // Also after a failure: what the store put off must not stay undone.
+    let ended = match bulk {
+        Some((records, caller)) => records
+            .end_bulk_load(caller)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot finish the bulk load: {e}")),
+        None => Ok(()),
+    };
+    loaded?;
+    ended?;
+    bar.finish_and_clear();
+    let _ = rejects_file.flush();
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}
+
+/// Bytes of input per resource, for the rough count `begin_bulk_load` takes.
+const BYTES_PER_RESOURCE: u64 = 1_000;
+
+/// Every input's batches into `sink`, recording progress in `checkpoint`.
+async fn load(
+    args: &ImportArgs,
+    sink: &Sink,
+    inputs: &[Input],
+    checkpoint: &mut Checkpoint,
+    rejects_file: &mut std::fs::File,
+    bar: &ProgressBar,
+    summary: &mut ImportSummary,
+) -> anyhow::Result<()> {
     let mut batches_done = 0u64;
     let run_started = Instant::now();
-    'files: for input in &inputs {
+    'files: for input in inputs {
         let progress = checkpoint.progress(input).cloned();
         if progress.as_ref().is_some_and(|p| p.done) {
             summary.resumed_lines += progress.as_ref().map_or(0, |p| p.lines);
@@ -320,7 +379,7 @@ pub async fn execute(args: &ImportArgs, sink: &Sink) -> anyhow::Result<ImportSum
             summary.rejected.extend(result.rejected);
             checkpoint.record(input, batch_end.offset, batch_end.lines, batch_end.eof);
             checkpoint.save()?;
-            bar.set_position(done_bytes_now(&inputs, &checkpoint));
+            bar.set_position(done_bytes_now(inputs, checkpoint));
             let secs = run_started.elapsed().as_secs_f64().max(1e-9);
             bar.set_message(format!(
                 "{} written, {:.0}/s, {} rejected",
@@ -342,10 +401,7 @@ pub async fn execute(args: &ImportArgs, sink: &Sink) -> anyhow::Result<ImportSum
         checkpoint.finish(input);
         checkpoint.save()?;
     }
-    bar.finish_and_clear();
-    let _ = rejects_file.flush();
-    summary.elapsed = started.elapsed();
-    Ok(summary)
+    Ok(())
 }
 
 fn done_bytes_now(inputs: &[Input], checkpoint: &Checkpoint) -> u64 {
