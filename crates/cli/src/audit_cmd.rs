@@ -145,10 +145,10 @@ pub fn load_or_create_key(dir: &Path) -> anyhow::Result<SigningKey> {
 /// Open the records service over an existing database (never creating one:
 /// verifying a mistyped path must not report an empty, intact ledger).
 async fn open_existing(database: &str) -> anyhow::Result<Records> {
-    if let Some(path) = database.strip_prefix("sqlite://")
-        && !Path::new(path).exists()
+    if let Some(path) = backend::sqlite_path(database)
+        && !path.exists()
     {
-        bail!("no database at {path}");
+        bail!("no database at {}", path.display());
     }
     let store = backend::open(database).await?;
     Ok(Records::new(store, RecordsOptions::default()))

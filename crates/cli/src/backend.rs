@@ -14,13 +14,13 @@ use carelayer_store_sqlite::{SqliteOptions, SqliteStore};
 /// The URL names no backend, or the database cannot be created, reached or
 /// migrated.
 pub async fn open(url: &str) -> anyhow::Result<Arc<dyn Store>> {
-    if let Some(path) = url.strip_prefix("sqlite://") {
-        let path = PathBuf::from(path);
+    if let Some(parsed) = SqliteUrl::parse(url) {
+        let SqliteUrl { path, options } = parsed?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create the data folder {}", dir.display()))?;
         }
-        let store = SqliteStore::open(&path, SqliteOptions::default())
+        let store = SqliteStore::open(&path, options)
             .with_context(|| format!("cannot open the SQLite database {}", path.display()))?;
         return Ok(Arc::new(store));
     }
@@ -31,6 +31,62 @@ pub async fn open(url: &str) -> anyhow::Result<Arc<dyn Store>> {
         "unrecognised database URL '{}': use sqlite://PATH or postgres://USER@HOST:PORT/DB",
         redact(url)
     )
+}
+
+/// A `sqlite://PATH[?mmap_mib=N]` URL: the database file and the store
+/// settings riding in its query string, as PostgreSQL's do in theirs.
+/// `mmap_mib`: how much of the file each connection memory-maps, in MiB
+/// (default: all of it; 0: none, so a disk I/O error fails one request
+/// instead of ending the process: see `SqliteOptions::mmap_bytes`).
+pub struct SqliteUrl {
+    pub path: PathBuf,
+    pub options: SqliteOptions,
+}
+
+impl SqliteUrl {
+    /// `None` when `url` is not a `sqlite://` URL.
+    ///
+    /// # Errors
+    /// No path, or a setting that is unknown or not a number.
+    pub fn parse(url: &str) -> Option<anyhow::Result<Self>> {
+        let rest = url.strip_prefix("sqlite://")?;
+        Some(Self::parse_rest(rest))
+    }
+
+    fn parse_rest(rest: &str) -> anyhow::Result<Self> {
+        let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+        if path.is_empty() {
+            bail!("sqlite:// needs a file path (sqlite://PATH)");
+        }
+        let mut options = SqliteOptions::default();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match key {
+                "mmap_mib" => {
+                    let mib: i64 = value.parse().ok().filter(|m| *m >= 0).with_context(|| {
+                        format!("mmap_mib must be a whole number of MiB, not '{value}'")
+                    })?;
+                    options.mmap_bytes = mib.saturating_mul(1 << 20);
+                }
+                other => {
+                    bail!("unknown SQLite setting '{other}' in the database URL; known: mmap_mib")
+                }
+            }
+        }
+        Ok(Self {
+            path: PathBuf::from(path),
+            options,
+        })
+    }
+}
+
+/// The file a `sqlite://` URL names, its settings left aside; `None` for
+/// another scheme.
+#[must_use]
+pub fn sqlite_path(url: &str) -> Option<PathBuf> {
+    let rest = url.strip_prefix("sqlite://")?;
+    let path = rest.split_once('?').map_or(rest, |(p, _)| p);
+    Some(PathBuf::from(path))
 }
 
 /// Connect to PostgreSQL (pool, migrations, writer task).
@@ -74,8 +130,8 @@ pub fn key_dir(database: &str, explicit: Option<&Path>, key: &str) -> anyhow::Re
     if let Some(dir) = explicit {
         return Ok(dir.to_owned());
     }
-    if let Some(path) = database.strip_prefix("sqlite://") {
-        let parent = Path::new(path)
+    if let Some(path) = sqlite_path(database) {
+        let parent = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
@@ -113,5 +169,41 @@ mod tests {
         );
         assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact("sqlite://x.db"), "sqlite://x.db");
+    }
+
+    #[test]
+    fn sqlite_urls_carry_settings() {
+        let plain = SqliteUrl::parse("sqlite://data/x.db").unwrap().unwrap();
+        assert_eq!(plain.path, PathBuf::from("data/x.db"));
+        assert_eq!(
+            plain.options.mmap_bytes,
+            SqliteOptions::default().mmap_bytes
+        );
+
+        let off = SqliteUrl::parse("sqlite://data/x.db?mmap_mib=0")
+            .unwrap()
+            .unwrap();
+        assert_eq!(off.path, PathBuf::from("data/x.db"));
+        assert_eq!(off.options.mmap_bytes, 0);
+        let some = SqliteUrl::parse("sqlite://x.db?mmap_mib=512")
+            .unwrap()
+            .unwrap();
+        assert_eq!(some.options.mmap_bytes, 512 << 20);
+
+        for (url, says) in [
+            ("sqlite://x.db?mmap_mib=lots", "whole number"),
+            ("sqlite://x.db?mmap_mib=-1", "whole number"),
+            ("sqlite://x.db?cache=9", "unknown SQLite setting 'cache'"),
+            ("sqlite://", "needs a file path"),
+        ] {
+            let err = SqliteUrl::parse(url).unwrap().err().unwrap();
+            assert!(format!("{err:#}").contains(says), "{url}: {err:#}");
+        }
+        assert!(SqliteUrl::parse("postgres://u@h/db").is_none());
+        assert_eq!(
+            sqlite_path("sqlite://d/x.db?mmap_mib=0"),
+            Some(PathBuf::from("d/x.db"))
+        );
+        assert_eq!(sqlite_path("postgres://u@h/db"), None);
     }
 }

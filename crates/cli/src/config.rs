@@ -46,6 +46,11 @@ pub struct DatabaseArgs {
     /// `sqlite://PATH` (embedded, the default: ./carelayer-data/carelayer.db)
     /// or `postgres://USER@HOST:PORT/DB`.
     ///
+    /// SQLite settings ride in the URL's query string: `mmap_mib=N` (how
+    /// much of the file each connection memory-maps; default all of it;
+    /// `0` turns mapping off, so a disk I/O error fails one request
+    /// instead of ending the process).
+    ///
     /// PostgreSQL settings ride in the URL's query string:
     /// `pool_size=N` (read connections; default 4 per CPU, the writer has
     /// two more), `statement_timeout=5s` (the server cancels a statement

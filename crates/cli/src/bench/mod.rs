@@ -299,13 +299,14 @@ async fn run_suite(args: BenchArgs, patients: u64) -> anyhow::Result<()> {
     let keep = match args.database.as_deref() {
         None => None,
         Some(url) => {
-            let Some(path) = url.strip_prefix("sqlite://").filter(|p| !p.is_empty()) else {
+            let Some(path) = crate::backend::sqlite_path(url).filter(|p| !p.as_os_str().is_empty())
+            else {
                 bail!("with --patients, --database must be a SQLite file (sqlite://PATH)");
             };
             if backends != [suite::Backend::Sqlite] {
                 bail!("--database with --patients needs --backends sqlite alone");
             }
-            Some(PathBuf::from(path))
+            Some(path)
         }
     };
     suite::run(suite::SuiteArgs {

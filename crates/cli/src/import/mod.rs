@@ -207,8 +207,8 @@ fn default_checkpoint(args: &ImportArgs) -> PathBuf {
             .database
             .as_deref()
             .unwrap_or("sqlite://carelayer-data/carelayer.db");
-        if let Some(path) = database.strip_prefix("sqlite://") {
-            let dir = Path::new(path)
+        if let Some(path) = crate::backend::sqlite_path(database) {
+            let dir = path
                 .parent()
                 .filter(|d| !d.as_os_str().is_empty())
                 .unwrap_or(Path::new("."));
