@@ -48,6 +48,7 @@ pg_contract_tests!(
     failed_write_does_not_disturb_others,
     count_by_type,
     search_compound_and_keys_only,
+    search_patient_scoped_codes,
     audit_search_filters,
     audit_head_raw_rows_checkpoints,
 );

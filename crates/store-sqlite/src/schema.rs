@@ -237,8 +237,22 @@ const V3_DATE_WINDOWS: &str = "
 CREATE INDEX idx_date_long ON idx_date(param, high) WHERE high - low > 2764800000000;
 ";
 
+/// Version 4 (a patient's resources by code): a clinician's commonest
+/// search, "this patient's HbA1c results" (`Observation?subject=X&code=C`),
+/// drove from the patient's reference (every Observation of the patient)
+/// and probed each for the code. `idx_token_patient` finds the few rows of
+/// patient X with code C as one range. `idx_reference_target` gains
+/// `patient_key` so the references to X held by a resource of another
+/// owner (an absolute URL, say) are found from the index alone: `search`
+/// adds those to keep the candidates a superset (see `PatientScope`).
+const V4_PATIENT_CODES: &str = "
+CREATE INDEX idx_token_patient ON idx_token(patient_key, param, code) WHERE patient_key IS NOT NULL;
+DROP INDEX idx_reference_target;
+CREATE INDEX idx_reference_target ON idx_reference(param, target_id, target_type, patient_key);
+";
+
 /// Ordered migrations; index + 1 is the schema version it produces.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2_AUDIT, V3_DATE_WINDOWS];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2_AUDIT, V3_DATE_WINDOWS, V4_PATIENT_CODES];
 
 /// The index tables, in the order rows are cleared on update/delete.
 pub(crate) const INDEX_TABLES: &[&str] = &[
@@ -272,6 +286,7 @@ const SEEDED_STATS: &[(&str, &str, &str)] = &[
     ("idx_token", "idx_token_code", "10000000 200000 20 10"),
     ("idx_token", "idx_token_system", "5000000 200000 50000"),
     ("idx_token", "idx_token_text", "2000000 200000 20"),
+    ("idx_token", "idx_token_patient", "8000000 100 10 2"),
     ("idx_token", "idx_token", "10000000 10 1"),
     ("idx_token", "idx_token_grp", "100000 2"),
     ("idx_string", "idx_string_norm", "5000000 500000 20"),
@@ -292,7 +307,7 @@ const SEEDED_STATS: &[(&str, &str, &str)] = &[
     (
         "idx_reference",
         "idx_reference_target",
-        "3000000 300000 20 20",
+        "3000000 300000 20 20 20",
     ),
     ("idx_reference", "idx_reference_url", "3000000 300000 20"),
     ("idx_reference", "idx_reference", "3000000 4 1"),

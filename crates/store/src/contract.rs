@@ -55,6 +55,7 @@ macro_rules! contract_tests {
             sort_by_param,
             paging_snapshot_total,
             search_compound_and_keys_only,
+            search_patient_scoped_codes,
             audit_chain,
             audit_atomic_with_writes,
             concurrent_commits_no_lost_updates,
@@ -2552,4 +2553,138 @@ pub async fn search_compound_and_keys_only(store: &dyn Store) {
     };
     assert_eq!(strip(&full), strip(&keys));
     assert_eq!(full.matches.len(), 6);
+}
+
+/// "Patient X's resources with code C" finds exactly the matches, also those
+/// a patient-scoped lookup alone would miss: a resource whose reference to
+/// X is an absolute URL (so X does not own it), one that names X in a later
+/// compartment reference (owned by another patient), and rows with no owner.
+pub async fn search_patient_scoped_codes(store: &dyn Store) {
+    let code = |c: &str| tok("code", Some("http://loinc.org"), c);
+    let obs = |id: &str, owner: Option<&str>, mut index: Vec<IndexEntry>| {
+        let mut w = write("Observation", id, 1, std::mem::take(&mut index));
+        w.patient_key = owner.map(Into::into);
+        w
+    };
+    let local =
+        |param: &str, p: &str| reference(param, Some("Patient"), Some(p), &format!("Patient/{p}"));
+    let writes = vec![
+        obs("a", Some("x"), vec![local("subject", "x"), code("C")]),
+        obs(
+            "b",
+            None,
+            vec![
+                reference(
+                    "subject",
+                    Some("Patient"),
+                    Some("x"),
+                    "http://other.example/fhir/Patient/x",
+                ),
+                code("C"),
+            ],
+        ),
+        obs("c", Some("x"), vec![local("subject", "x"), code("D")]),
+        obs("d", Some("y"), vec![local("subject", "y"), code("C")]),
+        obs(
+            "e",
+            Some("y"),
+            vec![local("subject", "y"), local("performer", "x"), code("C")],
+        ),
+        obs(
+            "f",
+            Some("x"),
+            vec![local("subject", "x"), code("C"), code("D")],
+        ),
+        obs("g", None, vec![local("subject", "x"), code("C")]),
+    ];
+    store
+        .commit(WriteSet {
+            resources: writes,
+            ..WriteSet::default()
+        })
+        .await
+        .unwrap();
+    let has_code = |c: &str| Predicate::Index {
+        param: "code".into(),
+        test: IndexTest::Token {
+            system: Some(Some("http://loinc.org".into())),
+            code: c.into(),
+        },
+    };
+    let refers = |param: &str, target_type: Option<&str>, p: &str| Predicate::Index {
+        param: param.into(),
+        test: IndexTest::Reference {
+            target_type: target_type.map(Into::into),
+            id: p.into(),
+        },
+    };
+    let cases: Vec<SearchCase> = vec![
+        (
+            "subject + code",
+            vec![
+                vec![refers("subject", Some("Patient"), "x")],
+                vec![has_code("C")],
+            ],
+            vec!["a", "b", "f", "g"],
+        ),
+        (
+            "subject + either code",
+            vec![
+                vec![refers("subject", Some("Patient"), "x")],
+                vec![has_code("C"), has_code("D")],
+            ],
+            vec!["a", "b", "c", "f", "g"],
+        ),
+        (
+            "code first, untyped subject",
+            vec![vec![has_code("C")], vec![refers("subject", None, "x")]],
+            vec!["a", "b", "f", "g"],
+        ),
+        (
+            "a later compartment reference",
+            vec![
+                vec![refers("performer", Some("Patient"), "x")],
+                vec![has_code("C")],
+            ],
+            vec!["e"],
+        ),
+        (
+            "compartment key + code",
+            vec![vec![Predicate::PatientKey("x".into())], vec![has_code("C")]],
+            vec!["a", "f"],
+        ),
+        (
+            "compartment clause (key or either reference) + code",
+            vec![
+                vec![
+                    Predicate::PatientKey("x".into()),
+                    refers("subject", Some("Patient"), "x"),
+                    refers("performer", Some("Patient"), "x"),
+                ],
+                vec![has_code("C")],
+            ],
+            vec!["a", "b", "e", "f", "g"],
+        ),
+        (
+            "subject + both codes",
+            vec![
+                vec![refers("subject", Some("Patient"), "x")],
+                vec![has_code("C")],
+                vec![has_code("D")],
+            ],
+            vec!["f"],
+        ),
+        (
+            "another patient",
+            vec![
+                vec![refers("subject", Some("Patient"), "y")],
+                vec![has_code("C")],
+            ],
+            vec!["d", "e"],
+        ),
+    ];
+    for (what, clauses, expected) in cases {
+        let q = query(&["Observation"], clauses);
+        assert_eq!(ids(store, &q).await, sorted(&expected), "{what}");
+    }
 }
