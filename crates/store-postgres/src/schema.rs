@@ -218,8 +218,21 @@ const V2: &str = r#"
 CREATE INDEX idx_date_long ON idx_date (param, high) WHERE low < high - 2764800000000;
 "#;
 
+/// Version 3: a patient's resources with a code, as the SQLite backend's
+/// version 4 (`carelayer_store::plan::PatientScope`): `idx_token_patient`
+/// gives patient X's rows of code C as one range, and
+/// `idx_reference_target` and `idx_reference_url` carry `patient_key` so
+/// the matching references owned by someone else come from the index alone.
+const V3: &str = r#"
+CREATE INDEX idx_token_patient ON idx_token (patient_key, param, code) WHERE patient_key IS NOT NULL;
+DROP INDEX idx_reference_target;
+CREATE INDEX idx_reference_target ON idx_reference (param, target_id, target_type, patient_key);
+DROP INDEX idx_reference_url;
+CREATE INDEX idx_reference_url ON idx_reference (param, url, patient_key);
+"#;
+
 /// Ordered migrations; index + 1 is the schema version it produces.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// The secondary indexes a bulk load into a (near-)empty database drops and
 /// builds once at its end (`bulk.rs`), as `(table, name, definition)`:
@@ -256,6 +269,11 @@ pub(crate) const DEFERRABLE_INDEXES: &[(&str, &str, &str)] = &[
         "idx_token_text",
         "(param, text) WHERE text IS NOT NULL",
     ),
+    (
+        "idx_token",
+        "idx_token_patient",
+        "(patient_key, param, code) WHERE patient_key IS NOT NULL",
+    ),
     ("idx_string", "idx_string_norm", "(param, normalized)"),
     ("idx_string", "idx_string_exact", "(param, exact)"),
     ("idx_date", "idx_date_low", "(param, low)"),
@@ -270,9 +288,13 @@ pub(crate) const DEFERRABLE_INDEXES: &[(&str, &str, &str)] = &[
     (
         "idx_reference",
         "idx_reference_target",
-        "(param, target_id, target_type)",
+        "(param, target_id, target_type, patient_key)",
     ),
-    ("idx_reference", "idx_reference_url", "(param, url)"),
+    (
+        "idx_reference",
+        "idx_reference_url",
+        "(param, url, patient_key)",
+    ),
     (
         "idx_reference",
         "idx_reference_back",

@@ -28,7 +28,9 @@
 
 use std::fmt::Write as _;
 
-use carelayer_store::plan::{DateWindow, SHORT_SPAN_MICROS, clause_cost, index_table};
+use carelayer_store::plan::{
+    DateWindow, PatientReference, PatientScope, SHORT_SPAN_MICROS, clause_cost, index_table,
+};
 use carelayer_store::{
     Clause, IndexTest, Predicate, Prefix, SearchQuery, SortKey, StoreError, TotalMode,
 };
@@ -277,6 +279,18 @@ impl Builder {
             .filter(|(_, cl)| drivable(cl))
             .min_by_key(|(_, cl)| clause_cost(cl));
         let mut driver = best.map(|(i, _)| i);
+        // A patient's resources with a code: that patient's rows of the code
+        // drive (see `PatientScope`), unless an id or identifier is cheaper;
+        // every clause is probed.
+        if best.is_none_or(|(_, cl)| clause_cost(cl) >= 2)
+            && let Some(scope) = PatientScope::of(q)
+        {
+            self.sql
+                .push("FROM (SELECT * FROM current WHERE rid = ANY(ARRAY(");
+            self.patient_scope_rids(&scope);
+            let _ = write!(self.sql.text, ")) OFFSET 0) {c} WHERE ");
+            return self.conditions(q, c, snapshot, None);
+        }
         // Two open-ended date tests on one parameter (`ge` one day, `lt`
         // another) are each broad, but together a narrow window: that
         // window drives, and every clause, the date ones included, is probed.
@@ -342,6 +356,58 @@ impl Builder {
             self.sql.push(")");
         }
         Ok(())
+    }
+
+    /// A superset of the rids `scope` can match: patient X's token rows of
+    /// the codes, plus every matching reference whose row has another owner
+    /// (see [`PatientScope`]).
+    fn patient_scope_rids(&mut self, scope: &PatientScope<'_>) {
+        let mut first = true;
+        for (param, code) in &scope.codes {
+            if !first {
+                self.sql.push(" UNION ALL ");
+            }
+            first = false;
+            let x = self.alias("pt");
+            let _ = write!(
+                self.sql.text,
+                "SELECT {x}.rid FROM idx_token {x} WHERE {x}.patient_key = "
+            );
+            self.sql.bind(scope.patient.to_owned());
+            let _ = write!(self.sql.text, " AND {x}.param = ");
+            self.sql.bind((*param).to_owned());
+            let _ = write!(self.sql.text, " AND {x}.code = ");
+            self.sql.bind((*code).to_owned());
+        }
+        for reference in &scope.references {
+            if !first {
+                self.sql.push(" UNION ALL ");
+            }
+            first = false;
+            let x = self.alias("pr");
+            let _ = write!(
+                self.sql.text,
+                "SELECT {x}.rid FROM idx_reference {x} WHERE {x}.param = "
+            );
+            match *reference {
+                PatientReference::Target { param, target_type } => {
+                    self.sql.bind(param.to_owned());
+                    let _ = write!(self.sql.text, " AND {x}.target_id = ");
+                    self.sql.bind(scope.patient.to_owned());
+                    if let Some(t) = target_type {
+                        let _ = write!(self.sql.text, " AND {x}.target_type = ");
+                        self.sql.bind(t.to_owned());
+                    }
+                }
+                PatientReference::Url { param, url } => {
+                    self.sql.bind(param.to_owned());
+                    let _ = write!(self.sql.text, " AND {x}.url = ");
+                    self.sql.bind(url.to_owned());
+                }
+            }
+            let _ = write!(self.sql.text, " AND {x}.patient_key IS DISTINCT FROM ");
+            self.sql.bind(scope.patient.to_owned());
+        }
     }
 
     /// The rids of `current` rows matching a (drivable) clause: the union

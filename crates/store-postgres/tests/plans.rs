@@ -306,6 +306,22 @@ async fn representative_searches_use_indexes_on_generic_plans() {
         let plan = store.explain(query).await.unwrap();
         assert_token_probed(what, &plan, drivers);
     }
+    // A patient's resources with a code: that patient's rows of the code
+    // drive (`PatientScope`), one range instead of every resource of the
+    // patient.
+    for what in [
+        "reference+code: Observation?subject=Patient/p1&code=loinc|8867-4",
+        "code+reference (other order)",
+        "compartment: Patient/p1/Observation?code=…",
+    ] {
+        let (_, query) = cases.iter().find(|(w, _)| *w == what).unwrap();
+        let plan = store.explain(query).await.unwrap();
+        assert!(
+            plan.iter().any(|l| l.contains("idx_token_patient")),
+            "{what}: not driven by the patient's codes:\n{}",
+            plan.join("\n")
+        );
+    }
     let (_, window) = cases
         .iter()
         .find(|(w, _)| w.starts_with("code+date window"))

@@ -241,14 +241,17 @@ CREATE INDEX idx_date_long ON idx_date(param, high) WHERE high - low > 276480000
 /// search, "this patient's HbA1c results" (`Observation?subject=X&code=C`),
 /// drove from the patient's reference (every Observation of the patient)
 /// and probed each for the code. `idx_token_patient` finds the few rows of
-/// patient X with code C as one range. `idx_reference_target` gains
-/// `patient_key` so the references to X held by a resource of another
-/// owner (an absolute URL, say) are found from the index alone: `search`
-/// adds those to keep the candidates a superset (see `PatientScope`).
+/// patient X with code C as one range. `idx_reference_target` and
+/// `idx_reference_url` gain `patient_key` so the matching references held
+/// by a resource of another owner (an absolute URL, say) are found from the
+/// index alone: `search` adds those to keep the candidates a superset
+/// (see `carelayer_store::plan::PatientScope`).
 const V4_PATIENT_CODES: &str = "
 CREATE INDEX idx_token_patient ON idx_token(patient_key, param, code) WHERE patient_key IS NOT NULL;
 DROP INDEX idx_reference_target;
 CREATE INDEX idx_reference_target ON idx_reference(param, target_id, target_type, patient_key);
+DROP INDEX idx_reference_url;
+CREATE INDEX idx_reference_url ON idx_reference(param, url, patient_key);
 ";
 
 /// Ordered migrations; index + 1 is the schema version it produces.
@@ -309,7 +312,7 @@ const SEEDED_STATS: &[(&str, &str, &str)] = &[
         "idx_reference_target",
         "3000000 300000 20 20 20",
     ),
-    ("idx_reference", "idx_reference_url", "3000000 300000 20"),
+    ("idx_reference", "idx_reference_url", "3000000 300000 20 20"),
     ("idx_reference", "idx_reference", "3000000 4 1"),
     ("idx_reference", "idx_reference_grp", "10000 2"),
     ("idx_uri", "idx_uri_uri", "100000 20000 5"),

@@ -23,7 +23,9 @@
 
 use std::fmt::Write as _;
 
-use carelayer_store::plan::{DateWindow, SHORT_SPAN_MICROS, clause_cost, index_table};
+use carelayer_store::plan::{
+    DateWindow, PatientReference, PatientScope, SHORT_SPAN_MICROS, clause_cost, index_table,
+};
 use carelayer_store::{Clause, IndexTest, Predicate, Prefix, SearchQuery, SortKey, StoreError};
 use rusqlite::types::Value;
 
@@ -107,90 +109,6 @@ pub(crate) fn build(
         );
     }
     Ok(b.sql)
-}
-
-/// "Patient X's resources with code C": a clause naming the patient (the
-/// compartment's `patient_key`, or a reference to `Patient/X`) and a clause
-/// of plain token tests.
-///
-/// Why a superset is guaranteed: a resource's token rows carry its owner
-/// (`patient_key`), so one that matches the codes and is owned by X is
-/// among X's token rows of those codes. A resource that matches the
-/// reference but is owned by someone else (its owner comes from the first
-/// compartment reference, and absolute URLs never own) is found through
-/// its reference row, which carries the same owner. Everything found is
-/// then probed by every clause, so the answer is exact.
-/// A reference parameter and its target type (`None`: untyped).
-type PatientReference<'q> = (&'q str, Option<&'q str>);
-
-struct PatientScope<'q> {
-    patient: &'q str,
-    /// The reference parameters (and target types) of the patient clause,
-    /// beside or instead of the compartment key.
-    references: Vec<PatientReference<'q>>,
-    /// `(param, code)` of every token test in the token clause.
-    codes: Vec<(&'q str, &'q str)>,
-}
-
-impl<'q> PatientScope<'q> {
-    fn of(q: &'q SearchQuery) -> Option<Self> {
-        let (at, patient, references) = q
-            .clauses
-            .iter()
-            .enumerate()
-            .find_map(|(i, clause)| Self::patient_clause(clause).map(|(p, r)| (i, p, r)))?;
-        let codes = q
-            .clauses
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != at)
-            .find_map(|(_, clause)| {
-                clause
-                    .any_of
-                    .iter()
-                    .map(|p| match p {
-                        Predicate::Index {
-                            param,
-                            test: IndexTest::Token { code, .. },
-                        } => Some((param.as_str(), code.as_str())),
-                        _ => None,
-                    })
-                    .collect::<Option<Vec<_>>>()
-                    .filter(|codes| !codes.is_empty())
-            })?;
-        Some(Self {
-            patient,
-            references,
-            codes,
-        })
-    }
-
-    /// A clause every predicate of which names one patient X: the
-    /// compartment key, or a reference to `Patient/X` (or to an untyped
-    /// `X`). The compartment search's clause is the key OR each compartment
-    /// reference.
-    fn patient_clause(clause: &'q Clause) -> Option<(&'q str, Vec<PatientReference<'q>>)> {
-        let mut patient: Option<&str> = None;
-        let mut references = Vec::new();
-        for p in &clause.any_of {
-            let named = match p {
-                Predicate::PatientKey(x) => x.as_str(),
-                Predicate::Index {
-                    param,
-                    test: IndexTest::Reference { target_type, id },
-                } if target_type.as_deref().is_none_or(|t| t == "Patient") => {
-                    references.push((param.as_str(), target_type.as_deref()));
-                    id.as_str()
-                }
-                _ => return None,
-            };
-            if patient.is_some_and(|x| x != named) {
-                return None;
-            }
-            patient = Some(named);
-        }
-        patient.map(|x| (x, references))
-    }
 }
 
 /// Smallest string strictly greater than every string starting with `p`
@@ -297,17 +215,30 @@ impl Builder {
             self.sql.push(" AND pt.code = ");
             self.sql.bind((*code).to_owned());
         }
-        for (param, target_type) in &scope.references {
-            self.sql.push(
-                " UNION ALL SELECT pr.rid FROM idx_reference AS pr INDEXED BY idx_reference_target \
-                 WHERE pr.param = ",
-            );
-            self.sql.bind((*param).to_owned());
-            self.sql.push(" AND pr.target_id = ");
-            self.sql.bind(scope.patient.to_owned());
-            if let Some(t) = target_type {
-                self.sql.push(" AND pr.target_type = ");
-                self.sql.bind((*t).to_owned());
+        for reference in &scope.references {
+            match *reference {
+                PatientReference::Target { param, target_type } => {
+                    self.sql.push(
+                        " UNION ALL SELECT pr.rid FROM idx_reference AS pr \
+                         INDEXED BY idx_reference_target WHERE pr.param = ",
+                    );
+                    self.sql.bind(param.to_owned());
+                    self.sql.push(" AND pr.target_id = ");
+                    self.sql.bind(scope.patient.to_owned());
+                    if let Some(t) = target_type {
+                        self.sql.push(" AND pr.target_type = ");
+                        self.sql.bind(t.to_owned());
+                    }
+                }
+                PatientReference::Url { param, url } => {
+                    self.sql.push(
+                        " UNION ALL SELECT pr.rid FROM idx_reference AS pr \
+                         INDEXED BY idx_reference_url WHERE pr.param = ",
+                    );
+                    self.sql.bind(param.to_owned());
+                    self.sql.push(" AND pr.url = ");
+                    self.sql.bind(url.to_owned());
+                }
             }
             self.sql.push(" AND pr.patient_key IS NOT ");
             self.sql.bind(scope.patient.to_owned());

@@ -200,6 +200,19 @@ async fn representative_searches_use_indexes() {
             ),
         ),
         (
+            "reference as records builds it (by id or as written) + code",
+            q(
+                &["Observation"],
+                vec![
+                    vec![
+                        idx("subject", patient_ref("p1")),
+                        idx("subject", IndexTest::ReferenceUrl("Patient/p1".into())),
+                    ],
+                    vec![code()],
+                ],
+            ),
+        ),
+        (
             "code+date: Observation?code=…&date=ge…",
             q(
                 &["Observation"],
@@ -339,6 +352,7 @@ async fn representative_searches_use_indexes() {
     for what in [
         "reference+code: Observation?subject=Patient/p1&code=loinc|8867-4",
         "code+reference (other order)",
+        "reference as records builds it (by id or as written) + code",
         "compartment: Patient/p1/Observation?code=…",
     ] {
         let (_, query) = cases.iter().find(|(w, _)| *w == what).unwrap();

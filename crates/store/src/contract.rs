@@ -2596,6 +2596,12 @@ pub async fn search_patient_scoped_codes(store: &dyn Store) {
             vec![local("subject", "x"), code("C"), code("D")],
         ),
         obs("g", None, vec![local("subject", "x"), code("C")]),
+        // A reference known only as written (no type/id split), no owner.
+        obs(
+            "h",
+            None,
+            vec![reference("subject", None, None, "Patient/x"), code("C")],
+        ),
     ];
     store
         .commit(WriteSet {
@@ -2652,6 +2658,20 @@ pub async fn search_patient_scoped_codes(store: &dyn Store) {
             "compartment key + code",
             vec![vec![Predicate::PatientKey("x".into())], vec![has_code("C")]],
             vec!["a", "f"],
+        ),
+        (
+            "subject as records builds it (by target or as written) + code",
+            vec![
+                vec![
+                    refers("subject", Some("Patient"), "x"),
+                    Predicate::Index {
+                        param: "subject".into(),
+                        test: IndexTest::ReferenceUrl("Patient/x".into()),
+                    },
+                ],
+                vec![has_code("C")],
+            ],
+            vec!["a", "b", "f", "g", "h"],
         ),
         (
             "compartment clause (key or either reference) + code",

@@ -183,3 +183,118 @@ pub fn index_table(test: &IndexTest) -> Result<&'static str, StoreError> {
         }
     })
 }
+
+/// "Patient X's resources with code C": a clause naming the patient (the
+/// compartment's `patient_key`, or a reference to `Patient/X`) and a clause
+/// of plain token tests.
+///
+/// Both backends drive such a search from that patient's rows of the codes
+/// (`idx_token_patient`) plus the matching references owned by someone
+/// else. Why that is a superset: a resource's token rows carry its owner
+/// (`patient_key`), so one that matches the codes and is owned by X is
+/// among X's token rows of those codes. A resource that matches the
+/// reference but is owned by someone else (its owner comes from the first
+/// compartment reference, and absolute URLs never own) is found through
+/// its reference row, which carries the same owner. Everything found is
+/// then probed by every clause, so the answer is exact.
+/// A reference test of the patient clause: by target (`param`, target
+/// type or untyped, the patient's id) or by the reference as written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PatientReference<'q> {
+    Target {
+        param: &'q str,
+        target_type: Option<&'q str>,
+    },
+    Url {
+        param: &'q str,
+        url: &'q str,
+    },
+}
+
+pub struct PatientScope<'q> {
+    pub patient: &'q str,
+    /// The reference tests of the patient clause, beside or instead of the
+    /// compartment key: each adds its matches owned by someone else.
+    pub references: Vec<PatientReference<'q>>,
+    /// `(param, code)` of every token test in the token clause.
+    pub codes: Vec<(&'q str, &'q str)>,
+}
+
+impl<'q> PatientScope<'q> {
+    /// The scope of `q`, when it names one patient and plain codes.
+    #[must_use]
+    pub fn of(q: &'q SearchQuery) -> Option<Self> {
+        let (at, patient, references) = q
+            .clauses
+            .iter()
+            .enumerate()
+            .find_map(|(i, clause)| Self::patient_clause(clause).map(|(p, r)| (i, p, r)))?;
+        let codes = q
+            .clauses
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != at)
+            .find_map(|(_, clause)| {
+                clause
+                    .any_of
+                    .iter()
+                    .map(|p| match p {
+                        Predicate::Index {
+                            param,
+                            test: IndexTest::Token { code, .. },
+                        } => Some((param.as_str(), code.as_str())),
+                        _ => None,
+                    })
+                    .collect::<Option<Vec<_>>>()
+                    .filter(|codes| !codes.is_empty())
+            })?;
+        Some(Self {
+            patient,
+            references,
+            codes,
+        })
+    }
+
+    /// A clause naming one patient X: every predicate is the compartment
+    /// key X, a reference to `Patient/X` (or to an untyped `X`), or a
+    /// reference as written (records adds `Patient/X` as written beside the
+    /// target test). The compartment search's clause is the key OR each
+    /// compartment reference.
+    fn patient_clause(clause: &'q Clause) -> Option<(&'q str, Vec<PatientReference<'q>>)> {
+        let mut patient: Option<&str> = None;
+        let mut references = Vec::new();
+        for p in &clause.any_of {
+            let named = match p {
+                Predicate::PatientKey(x) => x.as_str(),
+                Predicate::Index {
+                    param,
+                    test: IndexTest::Reference { target_type, id },
+                } if target_type.as_deref().is_none_or(|t| t == "Patient") => {
+                    references.push(PatientReference::Target {
+                        param: param.as_str(),
+                        target_type: target_type.as_deref(),
+                    });
+                    id.as_str()
+                }
+                // Names no patient by itself; its matches owned by someone
+                // else are added like a target test's.
+                Predicate::Index {
+                    param,
+                    test: IndexTest::ReferenceUrl(url),
+                } => {
+                    references.push(PatientReference::Url {
+                        param: param.as_str(),
+                        url: url.as_str(),
+                    });
+                    continue;
+                }
+                _ => return None,
+            };
+            if patient.is_some_and(|x| x != named) {
+                return None;
+            }
+            patient = Some(named);
+        }
+        patient.map(|x| (x, references))
+    }
+}
