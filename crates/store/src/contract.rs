@@ -280,6 +280,28 @@ pub mod build {
 use build::index;
 
 /// A query over `types` with each inner vec one OR-clause.
+/// `code=http://loinc.org|C`.
+fn loinc_code(c: &str) -> Predicate {
+    Predicate::Index {
+        param: "code".into(),
+        test: IndexTest::Token {
+            system: Some(Some("http://loinc.org".into())),
+            code: c.into(),
+        },
+    }
+}
+
+/// Commit `writes` as one write set.
+async fn commit_all(store: &dyn Store, writes: Vec<ResourceWrite>) {
+    store
+        .commit(WriteSet {
+            resources: writes,
+            ..WriteSet::default()
+        })
+        .await
+        .unwrap();
+}
+
 fn query(types: &[&str], clauses: Vec<Vec<Predicate>>) -> SearchQuery {
     build::query(types, clauses, 1000)
 }
@@ -2453,20 +2475,8 @@ pub async fn search_compound_and_keys_only(store: &dyn Store) {
         }
         writes.push(write("Observation", &format!("o{i:02}"), 1, index));
     }
-    store
-        .commit(WriteSet {
-            resources: writes,
-            ..WriteSet::default()
-        })
-        .await
-        .unwrap();
-    let code = |c: &str| Predicate::Index {
-        param: "code".into(),
-        test: IndexTest::Token {
-            system: Some(Some("http://loinc.org".into())),
-            code: c.into(),
-        },
-    };
+    commit_all(store, writes).await;
+    let code = loinc_code;
     let subj = |p: &str| Predicate::Index {
         param: "subject".into(),
         test: IndexTest::Reference {
@@ -2603,20 +2613,8 @@ pub async fn search_patient_scoped_codes(store: &dyn Store) {
             vec![reference("subject", None, None, "Patient/x"), code("C")],
         ),
     ];
-    store
-        .commit(WriteSet {
-            resources: writes,
-            ..WriteSet::default()
-        })
-        .await
-        .unwrap();
-    let has_code = |c: &str| Predicate::Index {
-        param: "code".into(),
-        test: IndexTest::Token {
-            system: Some(Some("http://loinc.org".into())),
-            code: c.into(),
-        },
-    };
+    commit_all(store, writes).await;
+    let has_code = loinc_code;
     let refers = |param: &str, target_type: Option<&str>, p: &str| Predicate::Index {
         param: param.into(),
         test: IndexTest::Reference {
