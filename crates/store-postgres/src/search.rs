@@ -280,26 +280,23 @@ impl Builder {
             .min_by_key(|(_, cl)| clause_cost(cl));
         let mut driver = best.map(|(i, _)| i);
         // A patient's resources with a code: that patient's rows of the code
-        // drive (see `PatientScope`), unless an id or identifier is cheaper;
-        // every clause is probed.
-        if best.is_none_or(|(_, cl)| clause_cost(cl) >= 2)
-            && let Some(scope) = PatientScope::of(q)
-        {
-            self.sql
-                .push("FROM (SELECT * FROM current WHERE rid = ANY(ARRAY(");
-            self.patient_scope_rids(&scope);
-            let _ = write!(self.sql.text, ")) OFFSET 0) {c} WHERE ");
-            return self.conditions(q, c, snapshot, None);
-        }
+        // drive (see `PatientScope`), and every clause is probed.
+        let scope = PatientScope::driving(q, best.map(|(_, cl)| clause_cost(cl)));
         // Two open-ended date tests on one parameter (`ge` one day, `lt`
         // another) are each broad, but together a narrow window: that
         // window drives, and every clause, the date ones included, is probed.
         let window = DateWindow::of(q, self.now_micros)
+            .filter(|_| scope.is_none())
             .filter(|w| best.is_none_or(|(_, cl)| w.cost() < clause_cost(cl)));
-        if window.is_some() {
+        if scope.is_some() || window.is_some() {
             driver = None;
         }
-        if let Some(w) = &window {
+        if let Some(scope) = &scope {
+            self.sql
+                .push("FROM (SELECT * FROM current WHERE rid = ANY(ARRAY(");
+            self.patient_scope_rids(scope);
+            let _ = write!(self.sql.text, ")) OFFSET 0) {c} WHERE ");
+        } else if let Some(w) = &window {
             self.sql
                 .push("FROM (SELECT * FROM current WHERE rid = ANY(ARRAY(");
             self.date_window(w, q);

@@ -166,24 +166,18 @@ impl Builder {
             .min_by_key(|(_, cl)| clause_cost(cl));
         let mut driver = best.map(|(i, _)| i);
         // A patient's resources with a code: that patient's rows of the code
-        // drive (see `PatientScope`), unless an id or identifier is cheaper.
-        if best.is_none_or(|(_, cl)| clause_cost(cl) >= 2)
-            && let Some(scope) = PatientScope::of(q)
-        {
+        // drive (see `PatientScope`), and every clause is probed.
+        if let Some(scope) = PatientScope::driving(q, best.map(|(_, cl)| clause_cost(cl))) {
+            driver = None;
             self.sql.push(" AND ");
             self.patient_scope(&scope, c);
-            for clause in &q.clauses {
-                self.sql.push(" AND ");
-                self.clause(clause, c, snapshot, true)?;
-            }
-            return Ok(());
-        }
-        // Two open-ended date tests on one parameter (`ge` one day, `lt`
-        // another) are each broad, but together a narrow window: that window
-        // drives, and every clause, the date ones included, is probed.
-        if let Some(window) = DateWindow::of(q, self.now_micros)
+        } else if let Some(window) = DateWindow::of(q, self.now_micros)
             && best.is_none_or(|(_, cl)| window.cost() < clause_cost(cl))
         {
+            // Two open-ended date tests on one parameter (`ge` one day, `lt`
+            // another) are each broad, but together a narrow window: that
+            // window drives, and every clause, the date ones included, is
+            // probed.
             driver = None;
             self.sql.push(" AND ");
             self.date_window(&window, c, q);

@@ -221,9 +221,19 @@ pub struct PatientScope<'q> {
 }
 
 impl<'q> PatientScope<'q> {
-    /// The scope of `q`, when it names one patient and plain codes.
+    /// The scope of `q` when it should drive the search: `q` names one
+    /// patient and plain codes, and the cheapest clause the backend could
+    /// drive from otherwise (`cheapest`, by [`clause_cost`]) is not an id
+    /// (0) or identifier (1) lookup, which finds fewer rows still.
     #[must_use]
-    pub fn of(q: &'q SearchQuery) -> Option<Self> {
+    pub fn driving(q: &'q SearchQuery, cheapest: Option<u8>) -> Option<Self> {
+        if cheapest.is_some_and(|cost| cost < 2) {
+            return None;
+        }
+        Self::of(q)
+    }
+
+    fn of(q: &'q SearchQuery) -> Option<Self> {
         let (at, patient, references) = q
             .clauses
             .iter()
