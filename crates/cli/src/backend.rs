@@ -49,12 +49,11 @@ impl SqliteUrl {
     /// # Errors
     /// No path, or a setting that is unknown or not a number.
     pub fn parse(url: &str) -> Option<anyhow::Result<Self>> {
-        let rest = url.strip_prefix("sqlite://")?;
-        Some(Self::parse_rest(rest))
+        let (path, query) = sqlite_parts(url)?;
+        Some(Self::from_parts(path, query))
     }
 
-    fn parse_rest(rest: &str) -> anyhow::Result<Self> {
-        let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    fn from_parts(path: &str, query: &str) -> anyhow::Result<Self> {
         if path.is_empty() {
             bail!("sqlite:// needs a file path (sqlite://PATH)");
         }
@@ -84,9 +83,13 @@ impl SqliteUrl {
 /// another scheme.
 #[must_use]
 pub fn sqlite_path(url: &str) -> Option<PathBuf> {
+    sqlite_parts(url).map(|(path, _)| PathBuf::from(path))
+}
+
+/// `(path, query)` of a `sqlite://` URL (query empty when there is none).
+fn sqlite_parts(url: &str) -> Option<(&str, &str)> {
     let rest = url.strip_prefix("sqlite://")?;
-    let path = rest.split_once('?').map_or(rest, |(p, _)| p);
-    Some(PathBuf::from(path))
+    Some(rest.split_once('?').unwrap_or((rest, "")))
 }
 
 /// Connect to PostgreSQL (pool, migrations, writer task).
