@@ -207,18 +207,41 @@ pub(crate) fn head(conn: &Connection) -> Result<ChainHead, StoreError> {
     }
 }
 
+/// Up to `limit` ledger rows after seq `?1`, ascending. A literal limit:
+/// see `crate::search::build` for why never `LIMIT ?`.
+fn rows_after_sql(limit: usize) -> String {
+    format!(
+        "SELECT seq, record, hash FROM audit_ledger WHERE seq > ?1 ORDER BY seq LIMIT {}",
+        i64::try_from(limit).unwrap_or(i64::MAX)
+    )
+}
+
+/// Decoded rows, ascending, after `after`.
+pub(crate) fn rows(
+    conn: &Connection,
+    after: i64,
+    limit: usize,
+) -> Result<Vec<LedgerRow>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(&rows_after_sql(limit))
+        .map_err(sql_err)?;
+    let raw: Vec<(i64, Vec<u8>, Vec<u8>)> = stmt
+        .query_map(params![after], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .and_then(Iterator::collect)
+        .map_err(sql_err)?;
+    raw.into_iter()
+        .map(|(seq, record, hash)| decode_row(seq, &record, hash))
+        .collect()
+}
+
 /// Rows as stored, ascending, after `after`.
 pub(crate) fn raw_rows(
     conn: &Connection,
     after: i64,
     limit: usize,
 ) -> Result<Vec<RawLedgerRow>, StoreError> {
-    // A literal limit: see `crate::search::build` for why never `LIMIT ?`.
     let mut stmt = conn
-        .prepare_cached(&format!(
-            "SELECT seq, record, hash FROM audit_ledger WHERE seq > ?1 ORDER BY seq LIMIT {}",
-            i64::try_from(limit).unwrap_or(i64::MAX)
-        ))
+        .prepare_cached(&rows_after_sql(limit))
         .map_err(sql_err)?;
     stmt.query_map(params![after], |r| {
         Ok(RawLedgerRow {

@@ -528,7 +528,7 @@ impl Store for SqliteStore {
     async fn audit_rows(&self, after_seq: i64, limit: usize) -> Result<Vec<LedgerRow>, StoreError> {
         self.ledger_barrier().await?;
         self.readers
-            .run(move |conn| read::audit_rows(conn, after_seq, limit))
+            .run(move |conn| audit::rows(conn, after_seq, limit))
             .await
     }
 

@@ -9,7 +9,6 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use carelayer_audit::LedgerRow;
 use carelayer_store::{
     HistoryQuery, HistoryScope, SearchPage, SearchQuery, StoreError, StoredResource, TotalMode,
 };
@@ -213,34 +212,6 @@ pub(crate) fn count(conn: &Connection, t: Option<&str>) -> Result<u64, StoreErro
     }
     .map_err(sql_err)?;
     Ok(u64::try_from(n).unwrap_or(0))
-}
-
-pub(crate) fn audit_rows(
-    conn: &Connection,
-    after: i64,
-    limit: usize,
-) -> Result<Vec<LedgerRow>, StoreError> {
-    // A literal limit: see `crate::search::build` for why never `LIMIT ?`.
-    let mut stmt = conn
-        .prepare_cached(&format!(
-            "SELECT seq, record, hash FROM audit_ledger WHERE seq > ?1 ORDER BY seq LIMIT {}",
-            i64::try_from(limit).unwrap_or(i64::MAX)
-        ))
-        .map_err(sql_err)?;
-    let raw: Vec<(i64, Vec<u8>, Vec<u8>)> = stmt
-        .query_map(params![after], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .and_then(Iterator::collect)
-        .map_err(sql_err)?;
-    raw.into_iter()
-        .map(|(seq, record, hash)| {
-            let record = carelayer_audit::decode(&record)
-                .map_err(|e| StoreError::Other(format!("audit row {seq}: {e}")))?;
-            let hash: [u8; 32] = hash
-                .try_into()
-                .map_err(|_| StoreError::Other(format!("audit row {seq}: hash is not 32 bytes")))?;
-            Ok(LedgerRow { seq, record, hash })
-        })
-        .collect()
 }
 
 pub(crate) fn search(conn: &mut Connection, q: &SearchQuery) -> Result<SearchPage, StoreError> {
