@@ -134,7 +134,7 @@ pub(crate) async fn run(args: SuiteArgs) -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let pid = Some(hfs.pid());
         let client = driver::client(args.clients, None)?;
-        let files = KeptFiles::beside(&dir.path().join("hfs"));
+        let files = ImportFiles::beside(&dir.path().join("hfs"));
         if let Some(row) = load("hfs", &data, &sink, pid, &files).await? {
             rows.push(row);
         }
@@ -200,15 +200,12 @@ async fn run_backend(
     data: &Dataset,
 ) -> anyhow::Result<Vec<Row>> {
     if let Some(path) = &args.keep {
-        let folder = match path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            Some(parent) => parent.to_path_buf(),
-            None => PathBuf::from("."),
-        };
+        let database = format!("sqlite://{}", path.display());
+        let folder = crate::backend::key_dir(&database, None, "the kept database")?;
         std::fs::create_dir_all(&folder)
             .with_context(|| format!("cannot create {}", folder.display()))?;
-        let database = format!("sqlite://{}", path.display());
         eprintln!("bench: carelayer on {database} (kept)");
-        let files = KeptFiles::beside(path);
+        let files = ImportFiles::beside(path);
         return measure_backend(backend, &database, &folder, &files, args, data).await;
     }
     let dir = tempfile::Builder::new()
@@ -229,7 +226,7 @@ async fn run_backend(
         }
     };
     eprintln!("bench: carelayer on {}", crate::backend::redact(&database));
-    let files = KeptFiles::beside(&dir.path().join("bench.db"));
+    let files = ImportFiles::beside(&dir.path().join("bench.db"));
     let result = measure_backend(backend, &database, dir.path(), &files, args, data).await;
     if let Some(db) = scratch
         && let Err(e) = db.drop_now().await
@@ -241,12 +238,12 @@ async fn run_backend(
 
 /// Where the import's checkpoint and rejects go: beside the database, so a
 /// kept database (`--database`) resumes its own import.
-struct KeptFiles {
+struct ImportFiles {
     checkpoint: PathBuf,
     rejects: PathBuf,
 }
 
-impl KeptFiles {
+impl ImportFiles {
     fn beside(database: &Path) -> Self {
         let with = |suffix: &str| {
             let mut p = database.as_os_str().to_owned();
@@ -264,7 +261,7 @@ async fn measure_backend(
     backend: &Backend,
     database: &str,
     scratch: &Path,
-    files: &KeptFiles,
+    files: &ImportFiles,
     args: &SuiteArgs,
     data: &Dataset,
 ) -> anyhow::Result<Vec<Row>> {
@@ -377,7 +374,7 @@ async fn load(
     data: &Dataset,
     sink: &Sink,
     pid: Option<u32>,
-    files: &KeptFiles,
+    files: &ImportFiles,
 ) -> anyhow::Result<Option<Row>> {
     let mut args = ImportArgs::new(vec![data.dir.clone()]);
     args.checkpoint = Some(files.checkpoint.clone());
