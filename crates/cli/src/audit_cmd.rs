@@ -247,8 +247,10 @@ pub struct Checkpointer {
     task: JoinHandle<()>,
 }
 
-/// How often the signer looks at the ledger head. Cheap (one indexed read),
-/// and bounds how far past `checkpoint_every` the ledger can run.
+/// How often the signer looks at the chain's head. Cheap (it reads the
+/// appended seq, without writing deferred entries out: see
+/// `Records::audit_appended_seq`), and bounds how far past
+/// `checkpoint_every` the ledger can run.
 const POLL: Duration = Duration::from_millis(500);
 
 impl Checkpointer {
@@ -264,8 +266,8 @@ impl Checkpointer {
             let mut last_seq = -1;
             let mut last_time = Instant::now();
             loop {
-                let head = match records.audit_head().await {
-                    Ok(h) => h.seq,
+                let head = match records.audit_appended_seq().await {
+                    Ok(seq) => seq,
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot read the audit ledger head");
                         last_seq

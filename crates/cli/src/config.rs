@@ -108,11 +108,14 @@ pub struct ServeArgs {
     /// SQLite file; required for PostgreSQL).
     #[arg(long, env = "CARELAYER_KEY_DIR")]
     pub key_dir: Option<std::path::PathBuf>,
-    /// Sign an audit checkpoint after this many new ledger entries…
+    /// Sign an audit checkpoint after this many new ledger entries… (each
+    /// checkpoint writes the deferred entries out and commits; at 1,000,
+    /// a busy server committed several times a second, and every commit
+    /// costs SQLite's readers their page caches)
     #[arg(
         long,
         env = "CARELAYER_AUDIT_CHECKPOINT_EVERY",
-        default_value_t = 1_000
+        default_value_t = 100_000
     )]
     pub audit_checkpoint_every: u64,
     /// …or after this many seconds with new entries.

@@ -63,7 +63,7 @@ impl Default for AuditOptions {
     fn default() -> Self {
         Self {
             audit_reads: true,
-            checkpoint_every: 1_000,
+            checkpoint_every: 100_000,
             checkpoint_interval: Duration::from_secs(60),
             key_dir: None,
             alert_patients: 50,
@@ -193,13 +193,22 @@ const READ_ACTIONS: [AuditAction; 5] = [
 ];
 
 impl Records {
+    /// **Bench only**: switch read auditing on or off while serving, so
+    /// `carelayer bench --audit-compare` can alternate the two in one
+    /// process over one warm database (see [`AuditOptions::audit_reads`]
+    /// for why a real deployment never turns it off).
+    pub fn set_audit_reads(&self, on: bool) {
+        self.audit_reads
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Append audit entries for a read-like access, unless read auditing is
     /// switched off for a benchmark (see [`AuditOptions::audit_reads`]).
     pub(crate) async fn append_read_audit(
         &self,
         records: Vec<AuditRecord>,
     ) -> Result<(), RecordsError> {
-        let records = if self.options.audit.audit_reads {
+        let records = if self.audit_reads.load(std::sync::atomic::Ordering::Relaxed) {
             records
         } else {
             // Denials are always audited, even in a benchmark.
@@ -496,6 +505,17 @@ impl Records {
     /// Store errors.
     pub async fn audit_head(&self) -> Result<ChainHead, RecordsError> {
         Ok(self.store.audit_head().await?)
+    }
+
+    /// The seq of the last audit entry appended, committed to the ledger
+    /// table or still deferred (see
+    /// [`carelayer_store::Store::audit_appended_seq`]): what the
+    /// checkpoint signer polls, without forcing deferred entries out.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn audit_appended_seq(&self) -> Result<i64, RecordsError> {
+        Ok(self.store.audit_appended_seq().await?)
     }
 
     /// Every checkpoint kept in the store, ascending.

@@ -240,6 +240,9 @@ pub struct Records {
     snapshots: paging::SnapshotCache,
     /// Patient facts for policy decisions.
     facts: access::FactsCache,
+    /// Whether reads are audited: `options.audit.audit_reads` at start;
+    /// switched only by the bench (see [`Records::set_audit_reads`]).
+    audit_reads: std::sync::atomic::AtomicBool,
 }
 
 impl Records {
@@ -248,6 +251,7 @@ impl Records {
         Self {
             store,
             facts: access::FactsCache::new(options.facts_cache_entries),
+            audit_reads: std::sync::atomic::AtomicBool::new(options.audit.audit_reads),
             options,
             snapshots: paging::SnapshotCache::default(),
         }

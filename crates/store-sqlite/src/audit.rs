@@ -1,25 +1,16 @@
-//! The audit ledger's queries: the filter index written beside each entry,
-//! search over it, the committed head, raw rows for verification, and signed
-//! checkpoints.
-//!
-//! Why a separate `audit_index` table rather than columns on `audit_ledger`:
-//! the ledger row is the evidence (canonical bytes + chain hash) and stays
-//! exactly as version 1 defined it; the index is a derived, rebuildable view
-//! for queries. Search filters on the index but always returns the decoded
-//! ledger row, so a tampered index can hide or misfile an entry in a search
-//! but can never change what an entry says (and verification never reads it).
+//! The audit ledger's queries: the committed head, rows for verification,
+//! signed checkpoints, and the multi-row insert the ledger and its index
+//! share. The query index and search over it are in `audit_index`.
 
 use std::path::Path;
 use std::time::Duration;
 
 use carelayer_audit::{ChainHead, Checkpoint, LedgerRow};
-use carelayer_store::{AuditQuery, RawLedgerRow, StoreError};
+use carelayer_store::{RawLedgerRow, StoreError};
 use rusqlite::ToSql;
-use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
 use crate::error::sql_err;
-use crate::writer::IndexRow;
 
 /// Rows per multi-row `INSERT`. The ledger and its index take every read's
 /// entry, in bulk (see "Deferred audit work" in `writer`); one statement
@@ -69,125 +60,13 @@ pub(crate) fn insert_rows<T>(
     Ok(())
 }
 
-/// Write the index rows of ledger entries (called by the writer, after or
-/// with the entries themselves: see "Deferred audit work" in `writer`).
-pub(crate) fn index_entries(conn: &Connection, rows: &[IndexRow]) -> Result<(), StoreError> {
-    insert_rows(
-        conn,
-        "INSERT INTO audit_index (seq, recorded_at, patient, agent_user, agent_org, \
-         agent_client, action, outcome, break_glass) VALUES ",
-        9,
-        rows,
-        |row, out| {
-            out.push(&row.seq);
-            out.push(&row.recorded_at);
-            out.push(&row.patient);
-            out.push(&row.user);
-            out.push(&row.org);
-            out.push(&row.client);
-            out.push(&row.action);
-            out.push(&row.outcome);
-            out.push(&row.break_glass);
-        },
-    )
-}
-
-/// Derive the index rows of every ledger entry after the last indexed one
-/// from the entries' canonical JSON (at open, after a crash lost the
-/// writer's backlog, or after a failed flush). The same derivation as the
-/// migration that created the index.
-pub(crate) fn index_from_ledger(conn: &Connection) -> Result<(), StoreError> {
-    conn.prepare_cached(crate::schema::INDEX_FROM_LEDGER)
-        .and_then(|mut s| s.execute([]))
-        .map(|_| ())
-        .map_err(sql_err)
-}
-
-fn decode_row(seq: i64, record: &[u8], hash: Vec<u8>) -> Result<LedgerRow, StoreError> {
+pub(crate) fn decode_row(seq: i64, record: &[u8], hash: Vec<u8>) -> Result<LedgerRow, StoreError> {
     let record = carelayer_audit::decode(record)
         .map_err(|e| StoreError::Other(format!("audit row {seq}: {e}")))?;
     let hash: [u8; 32] = hash
         .try_into()
         .map_err(|_| StoreError::Other(format!("audit row {seq}: hash is not 32 bytes")))?;
     Ok(LedgerRow { seq, record, hash })
-}
-
-/// Ledger rows matching `q`, newest first.
-pub(crate) fn search(conn: &Connection, q: &AuditQuery) -> Result<Vec<LedgerRow>, StoreError> {
-    if q.limit == 0 {
-        return Ok(Vec::new());
-    }
-    let mut sql = String::from(
-        "SELECT i.seq, l.record, l.hash FROM audit_index i \
-         JOIN audit_ledger l ON l.seq = i.seq WHERE 1 = 1",
-    );
-    let mut args: Vec<Value> = Vec::new();
-    // Placeholder for the next bound value.
-    let mut arg = |v: Value| {
-        args.push(v);
-        format!("?{}", args.len())
-    };
-    if let Some(p) = &q.patient {
-        sql.push_str(&format!(" AND i.patient = {}", arg(Value::Text(p.clone()))));
-    }
-    if let Some(o) = &q.org {
-        sql.push_str(&format!(
-            " AND i.agent_org = {}",
-            arg(Value::Text(o.clone()))
-        ));
-    }
-    if let Some(a) = &q.agent {
-        // One parameter used twice: the agent is a user or a client.
-        let n = arg(Value::Text(a.clone()));
-        sql.push_str(&format!(
-            " AND (i.agent_user = {n} OR i.agent_client = {n})"
-        ));
-    }
-    if !q.actions.is_empty() {
-        let list: Vec<String> = q
-            .actions
-            .iter()
-            .map(|a| arg(Value::Text(a.as_str().to_owned())))
-            .collect();
-        sql.push_str(&format!(" AND i.action IN ({})", list.join(", ")));
-    }
-    if !q.outcomes.is_empty() {
-        let list: Vec<String> = q
-            .outcomes
-            .iter()
-            .map(|o| arg(Value::Text(o.as_str().to_owned())))
-            .collect();
-        sql.push_str(&format!(" AND i.outcome IN ({})", list.join(", ")));
-    }
-    if let Some(from) = q.from {
-        sql.push_str(&format!(
-            " AND i.recorded_at >= {}",
-            arg(Value::Integer(from))
-        ));
-    }
-    if let Some(to) = q.to {
-        sql.push_str(&format!(" AND i.recorded_at < {}", arg(Value::Integer(to))));
-    }
-    if let Some(bg) = q.break_glass {
-        let n = arg(Value::Integer(i64::from(bg)));
-        sql.push_str(&format!(" AND i.break_glass = {n}"));
-    }
-    if let Some(before) = q.before_seq {
-        sql.push_str(&format!(" AND i.seq < {}", arg(Value::Integer(before))));
-    }
-    // A literal limit: see `crate::search::build` for why never `LIMIT ?`.
-    let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
-    sql.push_str(&format!(" ORDER BY i.seq DESC LIMIT {limit}"));
-    let mut stmt = conn.prepare_cached(&sql).map_err(sql_err)?;
-    let raw: Vec<(i64, Vec<u8>, Vec<u8>)> = stmt
-        .query_map(params_from_iter(args.iter()), |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })
-        .and_then(Iterator::collect)
-        .map_err(sql_err)?;
-    raw.into_iter()
-        .map(|(seq, record, hash)| decode_row(seq, &record, hash))
-        .collect()
 }
 
 /// The last committed ledger row's seq and hash.

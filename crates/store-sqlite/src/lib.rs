@@ -13,6 +13,8 @@
 //!   anything reads the ledger.
 //! - `journal`: the append-only file read-audit entries wait in, and its
 //!   recovery at open.
+//! - `audit`, `audit_index`: the ledger's queries, and its query index
+//!   (postings per flush) with search over it.
 //! - `read`: the reader connection pool and the read queries.
 //! - `search`: `SearchQuery` → SQL over the index tables (bound parameters only).
 //! - `error`: rusqlite errors → `StoreError`.
@@ -41,6 +43,7 @@
 //! the plans.
 
 mod audit;
+mod audit_index;
 mod error;
 mod journal;
 mod read;
@@ -196,7 +199,12 @@ impl SqliteStore {
         let journal;
         (journal, head.seq, head.hash) = journal::Journal::open(path, &conn, head.seq, head.hash)?;
         let segment = journal.as_ref().map(journal::Journal::current_segment);
-        audit::index_from_ledger(&conn)?;
+        {
+            // One transaction: a block's postings and its range go together.
+            let tx = conn.unchecked_transaction().map_err(error::sql_err)?;
+            audit_index::index_from_ledger(&tx)?;
+            tx.commit().map_err(error::sql_err)?;
+        }
         let readers = Arc::new(ReaderPool::new(path.to_path_buf(), options.clone()));
         // Open the readers now so a bad path fails here, not on first read.
         readers.warm()?;
@@ -536,7 +544,17 @@ impl Store for SqliteStore {
         // Every entry appended before this search is in the tables first.
         self.ledger_barrier().await?;
         let q = query.clone();
-        self.readers.run(move |conn| audit::search(conn, &q)).await
+        self.readers
+            .run(move |conn| audit_index::search(conn, &q))
+            .await
+    }
+
+    async fn audit_appended_seq(&self) -> Result<i64, StoreError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(gone());
+        }
+        // The chain's head is assigned as each entry is answered; no barrier.
+        Ok(self.chain.lock().await.head.seq)
     }
 
     async fn audit_head(&self) -> Result<ChainHead, StoreError> {

@@ -143,8 +143,8 @@ CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit_ledger
 ";
 
 /// The query columns of `audit_index` derived from a ledger entry's
-/// canonical JSON (`record`): shared by the migration that created the index
-/// and by [`INDEX_FROM_LEDGER`], so the two derivations cannot drift.
+/// canonical JSON (`record`), as the migration that created the index
+/// derived them (version 5 replaced the index: see `crate::audit_index`).
 macro_rules! index_columns_from_ledger {
     () => {
         r"SELECT seq,
@@ -218,15 +218,6 @@ CREATE TRIGGER audit_checkpoints_no_delete BEFORE DELETE ON audit_checkpoints
 "
 );
 
-/// Index every ledger entry after the last indexed one (see
-/// `crate::audit::index_from_ledger`). `seq` is the primary key of both
-/// tables, so this reads only the unindexed tail of the ledger.
-pub(crate) const INDEX_FROM_LEDGER: &str = concat!(
-    "INSERT INTO audit_index \
-     (seq, recorded_at, patient, agent_user, agent_org, agent_client, action, outcome, break_glass) ",
-    index_columns_from_ledger!(),
-    "FROM audit_ledger WHERE seq > (SELECT coalesce(max(seq), 0) FROM audit_index)"
-);
 /// Version 3 (date windows): stored date ranges longer than 32 days
 /// (`carelayer_store::plan::SHORT_SPAN_MICROS`: periods, year-precision dates)
 /// indexed by their end, so a search for a window (`date=ge…&date=lt…`) can
@@ -254,8 +245,52 @@ DROP INDEX idx_reference_url;
 CREATE INDEX idx_reference_url ON idx_reference(param, url, patient_key);
 ";
 
+/// Version 5 (audit postings): the audit index becomes postings per flush
+/// (see `crate::audit_index` for why). `audit_index` goes; the store derives
+/// the postings of every existing entry from the ledger when it opens
+/// (`audit_index::index_from_ledger`: everything after the last block, which
+/// here is everything). Both new tables are append-only like the ledger.
+///
+/// - `audit_postings`: one row per filter value per block, the value's seqs
+///   in the block ascending and comma-separated; a block is named by its
+///   last seq, so "the newest entries about patient X" walks one key's rows
+///   backwards.
+/// - `audit_blocks`: each block's seq range and time range, which turn a
+///   date window into a seq range.
+const V5_AUDIT_POSTINGS: &str = "
+DROP TABLE audit_index;
+CREATE TABLE audit_postings (
+    key   TEXT    NOT NULL,
+    block INTEGER NOT NULL,
+    seqs  TEXT    NOT NULL,
+    PRIMARY KEY (key, block)
+) WITHOUT ROWID;
+CREATE TABLE audit_blocks (
+    last_seq  INTEGER PRIMARY KEY,
+    first_seq INTEGER NOT NULL,
+    first_at  INTEGER NOT NULL,
+    last_at   INTEGER NOT NULL
+);
+CREATE INDEX audit_blocks_last_at ON audit_blocks(last_at);
+CREATE INDEX audit_blocks_first_at ON audit_blocks(first_at);
+CREATE TRIGGER audit_postings_no_update BEFORE UPDATE ON audit_postings
+    BEGIN SELECT RAISE(ABORT, 'the audit ledger is append-only'); END;
+CREATE TRIGGER audit_postings_no_delete BEFORE DELETE ON audit_postings
+    BEGIN SELECT RAISE(ABORT, 'the audit ledger is append-only'); END;
+CREATE TRIGGER audit_blocks_no_update BEFORE UPDATE ON audit_blocks
+    BEGIN SELECT RAISE(ABORT, 'the audit ledger is append-only'); END;
+CREATE TRIGGER audit_blocks_no_delete BEFORE DELETE ON audit_blocks
+    BEGIN SELECT RAISE(ABORT, 'the audit ledger is append-only'); END;
+";
+
 /// Ordered migrations; index + 1 is the schema version it produces.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2_AUDIT, V3_DATE_WINDOWS, V4_PATIENT_CODES];
+pub(crate) const MIGRATIONS: &[&str] = &[
+    V1,
+    V2_AUDIT,
+    V3_DATE_WINDOWS,
+    V4_PATIENT_CODES,
+    V5_AUDIT_POSTINGS,
+];
 
 /// The index tables, in the order rows are cleared on update/delete.
 pub(crate) const INDEX_TABLES: &[&str] = &[

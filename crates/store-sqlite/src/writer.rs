@@ -26,8 +26,8 @@
 //!   [`crate::journal`]) instead of committed, and move into `audit_ledger`
 //!   in bulk; a write set's transaction takes them first, since its own
 //!   entries follow them in the chain;
-//! - every entry's `audit_index` row (the query columns, a derived view with
-//!   six B-trees, the patient one written at a random place per entry).
+//! - every entry's query columns, which become the block's postings (see
+//!   `crate::audit_index`).
 //!
 //! Why: each commit writes whole pages to the WAL and makes every reader
 //! connection drop its page cache, and a hop to this thread waits for it to
@@ -74,15 +74,20 @@ pub(crate) enum Job {
 }
 
 /// Deferred entries or index rows written in one transaction once this
-/// many wait. Large on purpose: every commit costs each reader connection
-/// its page cache, which it then re-reads (at 2,048 and 200 ms, that
-/// re-reading was a tenth of a read's CPU).
-pub(crate) const DEFERRED_CHUNK: usize = 16_384;
+/// many wait. Large on purpose: in WAL mode every commit makes each reader
+/// connection drop its page cache *and its mapping of the database file*
+/// at its next transaction, and then fault every page it touches back in.
+/// During a read-only load the audit flush is the only commit; at 16,384
+/// entries and 1 s, those faults were half of read audit's cost (92% of
+/// the bench's page faults were readers re-mapping B-tree pages after a
+/// flush; docs/benchmarks.md, session 6). Memory: about 1 KiB an entry.
+pub(crate) const DEFERRED_CHUNK: usize = 65_536;
 
 /// The longest a deferred entry or row waits when fewer than
 /// [`DEFERRED_CHUNK`] are queued (the checkpoint thread asks for a flush
-/// after this).
-pub(crate) const DEFERRED_LAG: Duration = Duration::from_secs(1);
+/// after this). Nothing waits on it: the entries are already in the
+/// journal, and anything that reads the ledger flushes first.
+pub(crate) const DEFERRED_LAG: Duration = Duration::from_secs(5);
 
 /// A write set's transaction inserts the journaled entries before its own;
 /// past this many it flushes them first instead, so it does not hold the
@@ -92,9 +97,9 @@ const FLUSH_BEFORE_WRITES: usize = 1024;
 /// Past this many journaled entries waiting (flushes keep failing), audit
 /// appends go through the ledger table again, so they fail visibly rather
 /// than pile up in memory.
-const MAX_WAITING_ENTRIES: usize = 16 * DEFERRED_CHUNK;
+const MAX_WAITING_ENTRIES: usize = 4 * DEFERRED_CHUNK;
 
-/// The query columns of one ledger entry (see `audit_index`).
+/// The query columns of one ledger entry (see `crate::audit_index`).
 pub(crate) struct IndexRow {
     pub(crate) seq: i64,
     pub(crate) recorded_at: i64,
@@ -102,13 +107,12 @@ pub(crate) struct IndexRow {
     pub(crate) user: Option<String>,
     pub(crate) org: Option<String>,
     pub(crate) client: Option<String>,
-    pub(crate) action: &'static str,
     pub(crate) outcome: &'static str,
     pub(crate) break_glass: bool,
 }
 
 impl IndexRow {
-    fn of(seq: i64, record: &AuditRecord) -> Self {
+    pub(crate) fn of(seq: i64, record: &AuditRecord) -> Self {
         Self {
             seq,
             recorded_at: record.recorded_at,
@@ -116,7 +120,6 @@ impl IndexRow {
             user: record.agent.user.clone(),
             org: record.agent.org.clone(),
             client: record.agent.client.clone(),
-            action: record.action.as_str(),
             outcome: record.outcome.code(),
             break_glass: record.is_break_glass(),
         }
@@ -136,8 +139,8 @@ pub(crate) struct Chain {
     /// Sealed journal segments whose entries are on their way into the
     /// ledger (deleted once they durably are).
     sealed: Vec<Sealed>,
-    /// Index rows of entries (in the ledger or in `entries`) not yet in
-    /// `audit_index`.
+    /// Query columns of entries (in the ledger or in `entries`) not yet in
+    /// the postings.
     rows: Vec<IndexRow>,
     /// A flush failed and its rows were dropped: the next flush re-derives
     /// every missing row from the ledger instead.
@@ -361,9 +364,9 @@ fn flush(conn: &Connection, chain: &SharedChain, sync: &mut SyncMode) -> Result<
         .and_then(|()| insert_into_ledger(conn, &work.entries))
         .and_then(|()| {
             if work.from_ledger {
-                crate::audit::index_from_ledger(conn)
+                crate::audit_index::index_from_ledger(conn)
             } else {
-                crate::audit::index_entries(conn, &work.rows)
+                crate::audit_index::index_entries(conn, &work.rows)
             }
         })
         .and_then(|()| conn.execute_batch("COMMIT").map_err(sql_err));

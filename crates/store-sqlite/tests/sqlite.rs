@@ -397,10 +397,10 @@ async fn hostile_values_are_data() {
     store.close().await;
 }
 
-/// The audit index is written after its entries commit (deferred, in bulk).
-/// Rows a crash kept from it are re-derived from the ledger at open, and
-/// the derivation from canonical JSON gives exactly the rows the writer
-/// derives from the records.
+/// The audit index (postings per flushed block) is written after its
+/// entries commit (deferred, in bulk). Blocks a crash kept from it are
+/// re-derived from the ledger at open, and the derivation from the stored
+/// entries gives exactly the rows the writer derives from the records.
 #[tokio::test]
 async fn audit_index_rows_a_crash_lost_are_rederived_from_the_ledger() {
     let dir = tempfile::tempdir().unwrap();
@@ -425,7 +425,7 @@ async fn audit_index_rows_a_crash_lost_are_rederived_from_the_ledger() {
     };
     let entries: Vec<AuditRecord> = (1..=40)
         .map(|n| {
-            let purpose = if n == 7 {
+            let purpose = if n == 7 || n == 33 {
                 format!("{}collapsed", carelayer_audit::BREAK_GLASS_PURPOSE_PREFIX)
             } else {
                 "direct-care".to_owned()
@@ -433,54 +433,269 @@ async fn audit_index_rows_a_crash_lost_are_rederived_from_the_ledger() {
             entry(n, &format!("p{}", n % 4), &format!("u{}", n % 5), &purpose)
         })
         .collect();
-    let store = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
-    store.append_audit(entries).await.unwrap();
-    // A search flushes the backlog first: every entry is found at once.
     let everyone = carelayer_store::AuditQuery {
         limit: 1_000,
         ..carelayer_store::AuditQuery::default()
     };
+    let store = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
+    // Two appends, each made visible by a search (which flushes the backlog
+    // first): two blocks, 1..=25 and 26..=40.
+    store.append_audit(entries[..25].to_vec()).await.unwrap();
+    assert_eq!(store.audit_search(&everyone).await.unwrap().len(), 25);
+    store.append_audit(entries[25..].to_vec()).await.unwrap();
     assert_eq!(store.audit_search(&everyone).await.unwrap().len(), 40);
     store.close().await;
 
     let index_rows = |conn: &rusqlite::Connection| -> Vec<Vec<rusqlite::types::Value>> {
-        let mut stmt = conn
-            .prepare("SELECT * FROM audit_index ORDER BY seq")
-            .unwrap();
-        let width = stmt.column_count();
-        stmt.query_map([], |r| (0..width).map(|i| r.get(i)).collect())
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
+        let mut all = Vec::new();
+        for sql in [
+            "SELECT * FROM audit_blocks ORDER BY last_seq",
+            "SELECT * FROM audit_postings ORDER BY block, key",
+        ] {
+            let mut stmt = conn.prepare(sql).unwrap();
+            let width = stmt.column_count();
+            let rows: Vec<Vec<rusqlite::types::Value>> = stmt
+                .query_map([], |r| (0..width).map(|i| r.get(i)).collect())
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            all.extend(rows);
+        }
+        all
     };
-    // Simulate a crash between the entries' commit and their index flush.
+    // Simulate a crash between the second block's commit and its index.
     let written_by_the_writer = {
         let conn = rusqlite::Connection::open(&path).unwrap();
         let rows = index_rows(&conn);
+        let blocks: Vec<(i64, i64)> = conn
+            .prepare("SELECT first_seq, last_seq FROM audit_blocks ORDER BY last_seq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(blocks, vec![(1, 25), (26, 40)]);
         conn.execute_batch(
-            "DROP TRIGGER audit_index_no_delete; DELETE FROM audit_index WHERE seq > 25;",
+            "DROP TRIGGER audit_postings_no_delete; DROP TRIGGER audit_blocks_no_delete; \
+             DELETE FROM audit_postings WHERE block = 40; DELETE FROM audit_blocks WHERE last_seq = 40;",
         )
         .unwrap();
-        assert_eq!(index_rows(&conn).len(), 25);
         rows
     };
-    assert_eq!(written_by_the_writer.len(), 40);
+    // patients p0..p3, users u0..u4, client, org, break-glass, denied: 13
+    // keys in each block, and the two block rows.
+    assert_eq!(written_by_the_writer.len(), 2 + 2 * 13);
 
     let store = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
     let found = store
         .audit_search(&carelayer_store::AuditQuery {
-            patient: Some("p3".into()),
+            patient: Some("p1".into()),
             break_glass: Some(true),
             limit: 10,
             ..carelayer_store::AuditQuery::default()
         })
         .await
         .unwrap();
-    assert_eq!(found.len(), 1, "the break-glass entry about p3 (n = 7)");
-    assert_eq!(found[0].seq, 7);
+    assert_eq!(
+        found.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        vec![33],
+        "the break-glass entry about p1 in the re-derived block (n = 33)"
+    );
     store.close().await;
     let conn = rusqlite::Connection::open(&path).unwrap();
     assert_eq!(index_rows(&conn), written_by_the_writer);
+}
+
+/// Search over postings spread across many flushed blocks (and a write
+/// set's own entries between them) gives exactly what filtering every entry
+/// gives: newest first, paged by `before_seq`, with date windows that cut
+/// blocks in the middle and times that go backwards between blocks.
+#[tokio::test]
+async fn audit_search_over_many_blocks_equals_filtering_every_entry() {
+    use carelayer_store::{AuditQuery, OutcomeClass};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let entry = |n: i64| AuditRecord {
+        // Times step forward but jump back by 50 at every tenth entry.
+        recorded_at: 1_000 + n * 10 - if n % 10 == 0 { 50 } else { 0 },
+        action: if n % 4 == 0 {
+            AuditAction::Search
+        } else {
+            AuditAction::Read
+        },
+        patient: (n % 6 != 0).then(|| format!("p{}", n % 5)),
+        agent: Agent {
+            user: (n % 7 != 0).then(|| format!("u{}", n % 3)),
+            org: Some(format!("O{}", n % 2)),
+            client: (n % 7 == 0).then(|| format!("u{}", n % 3)),
+            role: None,
+            display: "someone".into(),
+        },
+        purpose: if n % 11 == 0 {
+            format!("{}collapsed", carelayer_audit::BREAK_GLASS_PURPOSE_PREFIX)
+        } else {
+            "direct-care".into()
+        },
+        outcome: if n % 5 == 0 {
+            AuditOutcome::Denied("no relationship".into())
+        } else {
+            AuditOutcome::Success
+        },
+        ..audit(&n.to_string())
+    };
+    let everyone = AuditQuery {
+        limit: 10_000,
+        ..AuditQuery::default()
+    };
+    let mut n = 0;
+    for size in [3, 17, 1, 30, 9, 40] {
+        let batch: Vec<AuditRecord> = (n + 1..=n + size).map(entry).collect();
+        n += size;
+        store.append_audit(batch).await.unwrap();
+        // A write set's own entry too, committed with it.
+        n += 1;
+        store
+            .commit(WriteSet {
+                preconditions: vec![],
+                resources: vec![],
+                audit: vec![entry(n)],
+            })
+            .await
+            .unwrap();
+        // Flushed as a block of its own before the next batch.
+        store.audit_search(&everyone).await.unwrap();
+    }
+    let all: Vec<(i64, AuditRecord)> = store
+        .audit_rows(0, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.seq, r.record))
+        .collect();
+    assert_eq!(all.len(), usize::try_from(n).unwrap());
+    let expect = |q: &AuditQuery| -> Vec<i64> {
+        let mut seqs: Vec<i64> = all
+            .iter()
+            .rev()
+            .filter(|(seq, r)| {
+                q.before_seq.is_none_or(|b| *seq < b)
+                    && q.patient
+                        .as_ref()
+                        .is_none_or(|p| r.patient.as_ref() == Some(p))
+                    && q.org
+                        .as_ref()
+                        .is_none_or(|o| r.agent.org.as_ref() == Some(o))
+                    && q.agent.as_ref().is_none_or(|a| {
+                        r.agent.user.as_ref() == Some(a) || r.agent.client.as_ref() == Some(a)
+                    })
+                    && (q.actions.is_empty() || q.actions.contains(&r.action))
+                    && (q.outcomes.is_empty()
+                        || q.outcomes.iter().any(|o| o.as_str() == r.outcome.code()))
+                    && q.from.is_none_or(|f| r.recorded_at >= f)
+                    && q.to.is_none_or(|t| r.recorded_at < t)
+                    && q.break_glass.is_none_or(|bg| r.is_break_glass() == bg)
+            })
+            .map(|(seq, _)| *seq)
+            .collect();
+        seqs.truncate(q.limit);
+        seqs
+    };
+    let base = || AuditQuery {
+        limit: 10_000,
+        ..AuditQuery::default()
+    };
+    let mut queries = vec![
+        base(),
+        AuditQuery {
+            patient: Some("p2".into()),
+            ..base()
+        },
+        AuditQuery {
+            agent: Some("u1".into()),
+            ..base()
+        },
+        AuditQuery {
+            org: Some("O1".into()),
+            actions: vec![AuditAction::Search],
+            ..base()
+        },
+        AuditQuery {
+            break_glass: Some(true),
+            ..base()
+        },
+        AuditQuery {
+            break_glass: Some(false),
+            patient: Some("p1".into()),
+            ..base()
+        },
+        AuditQuery {
+            outcomes: vec![OutcomeClass::Denied],
+            ..base()
+        },
+        AuditQuery {
+            outcomes: vec![OutcomeClass::Success, OutcomeClass::Denied],
+            org: Some("O0".into()),
+            ..base()
+        },
+        AuditQuery {
+            patient: Some("p9".into()),
+            ..base()
+        },
+    ];
+    // Date windows over each of the above, cutting blocks in the middle.
+    // (1_095, 1_221): the window ends just after entry 22 (t = 1_220), the
+    // last of its block.
+    for (from, to) in [
+        (1_200, 1_600),
+        (1_095, 1_105),
+        (1_095, 1_221),
+        (5_000, 6_000),
+        (1_000, 1_001),
+    ] {
+        for q in queries.clone() {
+            queries.push(AuditQuery {
+                from: Some(from),
+                to: Some(to),
+                ..q
+            });
+        }
+    }
+    for q in &queries {
+        let want = expect(q);
+        assert_eq!(
+            store
+                .audit_search(q)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.seq)
+                .collect::<Vec<_>>(),
+            want,
+            "{q:?}"
+        );
+        // Paged by 4 through `before_seq`: the same entries, in order.
+        let mut paged = Vec::new();
+        let mut before = None;
+        loop {
+            let page: Vec<i64> = store
+                .audit_search(&AuditQuery {
+                    limit: 4,
+                    before_seq: before,
+                    ..q.clone()
+                })
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.seq)
+                .collect();
+            let Some(&last) = page.last() else { break };
+            assert!(page.len() <= 4);
+            paged.extend(page);
+            before = Some(last);
+        }
+        assert_eq!(paged, want, "paged: {q:?}");
+    }
+    store.close().await;
 }
 
 /// The journal's lock file of the store at `db` (its segments are

@@ -144,6 +144,18 @@ pub trait Store: Send + Sync + 'static {
         Err(StoreError::Unsupported("audit ledger head".into()))
     }
 
+    /// The seq of the last audit entry appended (answered), whether or not
+    /// it has reached the ledger table yet. For pollers that only need to
+    /// know whether the chain moved: unlike [`Store::audit_head`] it need
+    /// not first write out deferred entries (a commit, which costs every
+    /// reader its page cache in SQLite). Defaults to the committed head.
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn audit_appended_seq(&self) -> Result<i64, StoreError> {
+        Ok(self.audit_head().await?.seq)
+    }
+
     /// Ledger rows exactly as stored, in ascending seq after `after_seq`
     /// (for verification: undecodable rows are returned, not refused).
     ///

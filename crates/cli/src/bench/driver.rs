@@ -39,6 +39,17 @@ pub(crate) struct Stats {
 }
 
 impl Stats {
+    /// Add another run of the same workload (its requests and its time).
+    pub(crate) fn absorb(&mut self, other: Stats) {
+        self.latencies_us.extend(other.latencies_us);
+        self.latencies_us.sort_unstable();
+        self.errors += other.errors;
+        let room = 5usize.saturating_sub(self.error_samples.len());
+        self.error_samples
+            .extend(other.error_samples.into_iter().take(room));
+        self.elapsed += other.elapsed;
+    }
+
     pub(crate) fn requests(&self) -> u64 {
         self.latencies_us.len() as u64 + self.errors
     }

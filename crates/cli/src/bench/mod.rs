@@ -76,6 +76,12 @@ pub struct BenchArgs {
     /// off. A real server always audits every read.
     #[arg(long)]
     pub no_read_audit: bool,
+    /// With --patients: measure read audit's cost in one process. `read`
+    /// runs N rounds, each one slice (--seconds) with read audit on and one
+    /// with it off, alternating over the same warm database; the report
+    /// gives `read` and `read-audit-off` over all slices and the cost in %.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub audit_compare: u32,
     /// Run the data-set bench: generate (or reuse) `carelayer synth` data
     /// of this many patients, import it, then run the search, read,
     /// transaction and `$everything` workloads over it.
@@ -172,6 +178,12 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     }
     if args.clients == 0 {
         bail!("--clients must be at least 1");
+    }
+    if args.audit_compare > 0 && args.patients.is_none() {
+        bail!("--audit-compare needs --patients (it runs in the data-set bench)");
+    }
+    if args.audit_compare > 0 && args.no_read_audit {
+        bail!("--audit-compare switches read audit itself; leave out --no-read-audit");
     }
     if let Some(patients) = args.patients {
         return run_suite(args, patients).await;
@@ -322,6 +334,7 @@ async fn run_suite(args: BenchArgs, patients: u64) -> anyhow::Result<()> {
         cache: args.cache_dir.clone(),
         policy_off: args.policy_off,
         no_read_audit: args.no_read_audit,
+        audit_compare: args.audit_compare,
     })
     .await
 }

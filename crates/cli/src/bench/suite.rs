@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use carelayer_http::HttpConfig;
-use carelayer_records::{AuditChannel, Caller, RecordsOptions};
+use carelayer_records::{AuditChannel, Caller, Records, RecordsOptions};
 use carelayer_store_postgres::ScratchDatabase;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -72,6 +72,9 @@ pub(crate) struct SuiteArgs {
     pub cache: PathBuf,
     pub policy_off: bool,
     pub no_read_audit: bool,
+    /// `--audit-compare N`: run `read` as N rounds alternating read audit
+    /// on and off in the same server (0: once, as configured).
+    pub audit_compare: u32,
 }
 
 /// One measured row.
@@ -138,7 +141,18 @@ pub(crate) async fn run(args: SuiteArgs) -> anyhow::Result<()> {
         if let Some(row) = load("hfs", &data, &sink, pid, &files).await? {
             rows.push(row);
         }
-        rows.extend(workloads("hfs", &args, &data, &client, &hfs.base_url.clone(), pid).await);
+        rows.extend(
+            workloads(
+                "hfs",
+                &args,
+                &data,
+                &client,
+                &hfs.base_url.clone(),
+                pid,
+                None,
+            )
+            .await,
+        );
         hfs.stop();
     }
 
@@ -297,7 +311,18 @@ async fn measure_backend(
         }
         let token = super::bench_token(&server, args.policy_off)?;
         let client = driver::client(args.clients, Some(&token))?;
-        rows.extend(workloads(&name, args, data, &client, &server.base_url, None).await);
+        rows.extend(
+            workloads(
+                &name,
+                args,
+                data,
+                &client,
+                &server.base_url,
+                None,
+                Some(&server.records),
+            )
+            .await,
+        );
         anyhow::Ok(())
     }
     .await;
@@ -428,6 +453,7 @@ async fn workloads(
     client: &reqwest::Client,
     base: &str,
     pid: Option<u32>,
+    records: Option<&Records>,
 ) -> Vec<Row> {
     let shared = Arc::new(Shared {
         patients: data.patients.clone(),
@@ -451,6 +477,10 @@ async fn workloads(
             "transaction" => Arc::new(Transaction(Arc::clone(&shared))),
             _ => Arc::new(Everything(Arc::clone(&shared))),
         };
+        if let (Some(records), "read", 1..) = (records, name.as_str(), args.audit_compare) {
+            rows.extend(audit_compare(server, args, client, base, workload, records).await);
+            continue;
+        }
         let cpu0 = peer::cpu_seconds(pid);
         let stats = driver::run(client, base, workload, args.clients, &args.limit).await;
         let secs = stats.elapsed.as_secs_f64().max(1e-9);
@@ -466,6 +496,71 @@ async fn workloads(
         );
     }
     rows
+}
+
+/// Read audit's cost measured in one process: `read` runs in rounds, read
+/// audit on then off (and off then on in every other round, so neither
+/// side always goes first), each for the bench's limit, over the same warm
+/// database and caches. Separate processes on a shared VM drifted by up to
+/// 25% between runs, more than the cost being measured; alternating slices
+/// see the same drift on both sides. Rows: `read` (audit on) and
+/// `read-audit-off`, each over all its slices.
+async fn audit_compare(
+    server: &str,
+    args: &SuiteArgs,
+    client: &reqwest::Client,
+    base: &str,
+    workload: Arc<dyn Workload>,
+    records: &Records,
+) -> Vec<Row> {
+    let mut on: Option<Stats> = None;
+    let mut off: Option<Stats> = None;
+    for round in 0..args.audit_compare {
+        let order = if round % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
+        let mut rates = [0.0; 2];
+        for audited in order {
+            records.set_audit_reads(audited);
+            let stats = driver::run(
+                client,
+                base,
+                Arc::clone(&workload),
+                args.clients,
+                &args.limit,
+            )
+            .await;
+            rates[usize::from(!audited)] = stats.throughput();
+            let total = if audited { &mut on } else { &mut off };
+            match total {
+                Some(t) => t.absorb(stats),
+                None => *total = Some(stats),
+            }
+        }
+        eprintln!(
+            "bench: {server} read, round {}: audit on {:.0} req/s, off {:.0} req/s",
+            round + 1,
+            rates[0],
+            rates[1]
+        );
+    }
+    records.set_audit_reads(true);
+    let (Some(on), Some(off)) = (on, off) else {
+        return Vec::new();
+    };
+    eprintln!(
+        "bench: {server} read audit costs {:.1}% of read throughput ({:.0} vs {:.0} req/s over {} rounds)",
+        (1.0 - on.throughput() / off.throughput().max(1e-9)) * 100.0,
+        on.throughput(),
+        off.throughput(),
+        args.audit_compare
+    );
+    vec![
+        row(server, "read", &on, None, None),
+        row(server, "read-audit-off", &off, None, None),
+    ]
 }
 
 fn row(server: &str, name: &str, stats: &Stats, cpu: Option<f64>, peak: Option<f64>) -> Row {
