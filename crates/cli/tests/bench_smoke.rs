@@ -234,3 +234,70 @@ fn bench_reuses_a_kept_database() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("sqlite://PATH"));
 }
+
+/// `--audit-compare N`: `read` runs N rounds of a slice with read audit on
+/// and one with it off, in one server; the report has a row for each side
+/// and states the cost. It needs the data-set bench and refuses to be
+/// combined with `--no-read-audit`.
+#[test]
+fn bench_audit_compare_alternates_read_audit_in_one_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("compare.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_carelayer"))
+        .args([
+            "bench",
+            "--quick",
+            "--seconds",
+            "0.3",
+            "--patients",
+            "5",
+            "--workloads",
+            "read",
+            "--audit-compare",
+            "2",
+            "--cache-dir",
+        ])
+        .arg(dir.path().join("cache"))
+        .arg("--json")
+        .arg(&json)
+        .env("CARELAYER_LOG", "warn")
+        .output()
+        .expect("run carelayer bench");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "bench failed:\n{stderr}");
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    let names: Vec<&str> = rows
+        .iter()
+        .map(|r| r["workload"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["import", "read", "read-audit-off"], "{stderr}");
+    for row in &rows[1..] {
+        assert!(row["rate"].as_f64().unwrap() > 0.0, "{row}");
+        assert_eq!(row["errors"], 0, "{row}");
+    }
+    assert!(stderr.contains("read, round 2: audit on"), "{stderr}");
+    assert!(stderr.contains("read audit costs"), "{stderr}");
+
+    for args in [
+        vec!["bench", "--audit-compare", "2"],
+        vec![
+            "bench",
+            "--patients",
+            "5",
+            "--audit-compare",
+            "2",
+            "--no-read-audit",
+        ],
+    ] {
+        let refused = Command::new(env!("CARGO_BIN_EXE_carelayer"))
+            .args(&args)
+            .output()
+            .expect("run carelayer bench");
+        assert!(!refused.status.success(), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&refused.stderr).contains("--audit-compare"),
+            "{args:?}"
+        );
+    }
+}

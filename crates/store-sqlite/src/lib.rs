@@ -153,6 +153,8 @@ pub struct SqliteStore {
     /// The audit chain: read-audit appends journal their entries through it
     /// on the caller's task (see `writer::Chain`).
     chain: writer::SharedChain,
+    /// Appends waiting to join one journal write (see `writer::AppendQueue`).
+    appends: writer::AppendQueue,
     /// Raised when entries were journaled without an fsync (see
     /// [`AuditSync::Checkpoint`]).
     unsynced: Option<Arc<AtomicBool>>,
@@ -253,6 +255,7 @@ impl SqliteStore {
             path: path.to_path_buf(),
             tx,
             chain,
+            appends: writer::AppendQueue::default(),
             unsynced,
             journal_fsync,
             closed: AtomicBool::new(false),
@@ -507,11 +510,15 @@ impl Store for SqliteStore {
         // On this task, no hop to the writer thread (see `journal`); the
         // canonical bytes are made before the lock is taken.
         let prepared: Vec<writer::Prepared> = entries.iter().map(writer::Prepared::of).collect();
-        let journaled = self.chain.lock().await.journal(
-            prepared,
-            self.unsynced.as_deref(),
-            self.journal_fsync,
-        )?;
+        let journaled = self
+            .appends
+            .journal(
+                &self.chain,
+                prepared,
+                self.unsynced.as_deref(),
+                self.journal_fsync,
+            )
+            .await?;
         match journaled {
             writer::Journaled::Done { sync, flush_due } => {
                 if flush_due {
