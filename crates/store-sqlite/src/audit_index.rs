@@ -25,9 +25,9 @@
 //! backwards. A date window narrows the seq range through `audit_blocks`
 //! (a superset: every entry of a block lies in its time range). Every
 //! candidate's ledger row is decoded and every filter is tested on the
-//! record itself, so the index only ever proposes: a tampered index can hide
-//! or misfile an entry in a search but can never change what one says, and
-//! verification never reads it.
+//! record itself (`AuditQuery::matches`), so the index only ever proposes:
+//! a tampered index can hide or misfile an entry in a search but can never
+//! change what one says, and verification never reads it.
 
 use std::collections::BTreeMap;
 
@@ -199,25 +199,6 @@ fn driving_keys(q: &AuditQuery) -> Option<Vec<String>> {
     q.org.as_ref().map(|o| vec![key("o", o)])
 }
 
-/// Whether a decoded entry passes every filter of `q`.
-fn matches(q: &AuditQuery, seq: i64, r: &AuditRecord) -> bool {
-    q.before_seq.is_none_or(|b| seq < b)
-        && q.patient
-            .as_ref()
-            .is_none_or(|p| r.patient.as_ref() == Some(p))
-        && q.org
-            .as_ref()
-            .is_none_or(|o| r.agent.org.as_ref() == Some(o))
-        && q.agent
-            .as_ref()
-            .is_none_or(|a| r.agent.user.as_ref() == Some(a) || r.agent.client.as_ref() == Some(a))
-        && (q.actions.is_empty() || q.actions.contains(&r.action))
-        && (q.outcomes.is_empty() || q.outcomes.iter().any(|o| o.as_str() == r.outcome.code()))
-        && q.from.is_none_or(|f| r.recorded_at >= f)
-        && q.to.is_none_or(|t| r.recorded_at < t)
-        && q.break_glass.is_none_or(|bg| r.is_break_glass() == bg)
-}
-
 /// The seqs `q` can match lie in `[low, high)`; `None` when the date window
 /// holds no block.
 fn seq_window(conn: &Connection, q: &AuditQuery) -> Result<Option<(i64, i64)>, StoreError> {
@@ -270,7 +251,7 @@ pub(crate) fn search(conn: &Connection, q: &AuditQuery) -> Result<Vec<LedgerRow>
                     &row.get::<_, Vec<u8>>(1).map_err(sql_err)?,
                     row.get(2).map_err(sql_err)?,
                 )?;
-                if matches(q, row.seq, &row.record) {
+                if q.matches(row.seq, &row.record) {
                     found.push(row);
                     if found.len() == q.limit {
                         break;
@@ -322,7 +303,7 @@ pub(crate) fn search(conn: &Connection, q: &AuditQuery) -> Result<Vec<LedgerRow>
                             continue;
                         };
                         let row = decode_row(seq, &record, hash)?;
-                        if matches(q, seq, &row.record) {
+                        if q.matches(seq, &row.record) {
                             found.push(row);
                             if found.len() == q.limit {
                                 return Ok(found);

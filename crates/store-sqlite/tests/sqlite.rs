@@ -577,24 +577,9 @@ async fn audit_search_over_many_blocks_equals_filtering_every_entry() {
         let mut seqs: Vec<i64> = all
             .iter()
             .rev()
-            .filter(|(seq, r)| {
-                q.before_seq.is_none_or(|b| *seq < b)
-                    && q.patient
-                        .as_ref()
-                        .is_none_or(|p| r.patient.as_ref() == Some(p))
-                    && q.org
-                        .as_ref()
-                        .is_none_or(|o| r.agent.org.as_ref() == Some(o))
-                    && q.agent.as_ref().is_none_or(|a| {
-                        r.agent.user.as_ref() == Some(a) || r.agent.client.as_ref() == Some(a)
-                    })
-                    && (q.actions.is_empty() || q.actions.contains(&r.action))
-                    && (q.outcomes.is_empty()
-                        || q.outcomes.iter().any(|o| o.as_str() == r.outcome.code()))
-                    && q.from.is_none_or(|f| r.recorded_at >= f)
-                    && q.to.is_none_or(|t| r.recorded_at < t)
-                    && q.break_glass.is_none_or(|bg| r.is_break_glass() == bg)
-            })
+            // What the query means, on every entry: the index must find
+            // exactly these.
+            .filter(|(seq, r)| q.matches(*seq, r))
             .map(|(seq, _)| *seq)
             .collect();
         seqs.truncate(q.limit);

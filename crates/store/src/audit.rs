@@ -54,6 +54,32 @@ pub struct AuditQuery {
     pub limit: usize,
 }
 
+impl AuditQuery {
+    /// Whether the entry at `seq` passes every filter (not `limit`): the
+    /// meaning of a search, which a backend's index may only narrow.
+    #[must_use]
+    pub fn matches(&self, seq: i64, r: &carelayer_audit::AuditRecord) -> bool {
+        let agent =
+            |a: &String| r.agent.user.as_ref() == Some(a) || r.agent.client.as_ref() == Some(a);
+        self.before_seq.is_none_or(|b| seq < b)
+            && self
+                .patient
+                .as_ref()
+                .is_none_or(|p| r.patient.as_ref() == Some(p))
+            && self
+                .org
+                .as_ref()
+                .is_none_or(|o| r.agent.org.as_ref() == Some(o))
+            && self.agent.as_ref().is_none_or(agent)
+            && (self.actions.is_empty() || self.actions.contains(&r.action))
+            && (self.outcomes.is_empty()
+                || self.outcomes.iter().any(|o| o.as_str() == r.outcome.code()))
+            && self.from.is_none_or(|f| r.recorded_at >= f)
+            && self.to.is_none_or(|t| r.recorded_at < t)
+            && self.break_glass.is_none_or(|bg| r.is_break_glass() == bg)
+    }
+}
+
 /// A ledger row exactly as stored: the canonical bytes and hash, undecoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawLedgerRow {
