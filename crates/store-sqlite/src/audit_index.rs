@@ -67,41 +67,31 @@ pub(crate) fn index_entries(conn: &Connection, rows: &[IndexRow]) -> Result<(), 
     let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
         return Ok(());
     };
-    let block = Block {
-        first_seq: first.seq,
-        last_seq: last.seq,
-        first_at: rows.iter().map(|r| r.recorded_at).min().unwrap_or(i64::MIN),
-        last_at: rows.iter().map(|r| r.recorded_at).max().unwrap_or(i64::MAX),
-    };
-    write_block(conn, &block, rows.iter().map(|r| (r.seq, keys(r))))
+    write_block(conn, first.seq, last.seq, rows)
 }
 
-/// One flush's run of seqs and the times its entries were recorded.
-struct Block {
+/// Write the block `first_seq..=last_seq`: the postings of `rows` (its
+/// entries that decode, ascending) and the block's seq and time range. A
+/// block without rows (none decoded) matches every date window.
+fn write_block(
+    conn: &Connection,
     first_seq: i64,
     last_seq: i64,
-    first_at: i64,
-    last_at: i64,
-}
-
-fn write_block<K: Iterator<Item = String>>(
-    conn: &Connection,
-    block: &Block,
-    entries: impl Iterator<Item = (i64, K)>,
+    rows: &[IndexRow],
 ) -> Result<(), StoreError> {
     let mut postings: BTreeMap<String, String> = BTreeMap::new();
-    for (seq, keys) in entries {
-        for k in keys {
+    for row in rows {
+        for k in keys(row) {
             let seqs = postings.entry(k).or_default();
             if !seqs.is_empty() {
                 seqs.push(',');
             }
-            seqs.push_str(&seq.to_string());
+            seqs.push_str(&row.seq.to_string());
         }
     }
     let postings: Vec<(String, i64, String)> = postings
         .into_iter()
-        .map(|(k, seqs)| (k, block.last_seq, seqs))
+        .map(|(k, seqs)| (k, last_seq, seqs))
         .collect();
     insert_rows(
         conn,
@@ -114,17 +104,12 @@ fn write_block<K: Iterator<Item = String>>(
             out.push(seqs);
         },
     )?;
+    let first_at = rows.iter().map(|r| r.recorded_at).min().unwrap_or(i64::MIN);
+    let last_at = rows.iter().map(|r| r.recorded_at).max().unwrap_or(i64::MAX);
     conn.prepare_cached(
         "INSERT INTO audit_blocks (last_seq, first_seq, first_at, last_at) VALUES (?1, ?2, ?3, ?4)",
     )
-    .and_then(|mut s| {
-        s.execute(params![
-            block.last_seq,
-            block.first_seq,
-            block.first_at,
-            block.last_at
-        ])
-    })
+    .and_then(|mut s| s.execute(params![last_seq, first_seq, first_at, last_at]))
     .map(|_| ())
     .map_err(sql_err)
 }
@@ -169,14 +154,7 @@ pub(crate) fn index_from_ledger(conn: &Connection) -> Result<(), StoreError> {
             .iter()
             .filter_map(|(seq, record)| record.as_ref().map(|r| IndexRow::of(*seq, r)))
             .collect();
-        let block = Block {
-            first_seq: *first_seq,
-            last_seq: *last_seq,
-            // A block of undecodable rows matches every window.
-            first_at: rows.iter().map(|r| r.recorded_at).min().unwrap_or(i64::MIN),
-            last_at: rows.iter().map(|r| r.recorded_at).max().unwrap_or(i64::MAX),
-        };
-        write_block(conn, &block, rows.iter().map(|r| (r.seq, keys(r))))?;
+        write_block(conn, *first_seq, *last_seq, &rows)?;
         after = *last_seq;
     }
 }
@@ -199,27 +177,35 @@ fn driving_keys(q: &AuditQuery) -> Option<Vec<String>> {
     q.org.as_ref().map(|o| vec![key("o", o)])
 }
 
+/// One seq from `audit_blocks` (`sql`: an aggregate over the blocks past
+/// `value`); `None` when no block qualifies.
+fn block_bound(conn: &Connection, sql: &str, value: i64) -> Result<Option<i64>, StoreError> {
+    conn.prepare_cached(sql)
+        .and_then(|mut s| s.query_row([value], |r| r.get(0)))
+        .map_err(sql_err)
+}
+
 /// The seqs `q` can match lie in `[low, high)`; `None` when the date window
 /// holds no block.
 fn seq_window(conn: &Connection, q: &AuditQuery) -> Result<Option<(i64, i64)>, StoreError> {
     let mut low = 1;
     let mut high = q.before_seq.unwrap_or(i64::MAX);
     if let Some(from) = q.from {
-        let first: Option<i64> = conn
-            .prepare_cached("SELECT min(first_seq) FROM audit_blocks WHERE last_at >= ?1")
-            .and_then(|mut s| s.query_row([from], |r| r.get(0)))
-            .map_err(sql_err)?;
-        match first {
+        match block_bound(
+            conn,
+            "SELECT min(first_seq) FROM audit_blocks WHERE last_at >= ?1",
+            from,
+        )? {
             Some(first) => low = low.max(first),
             None => return Ok(None),
         }
     }
     if let Some(to) = q.to {
-        let last: Option<i64> = conn
-            .prepare_cached("SELECT max(last_seq) FROM audit_blocks WHERE first_at < ?1")
-            .and_then(|mut s| s.query_row([to], |r| r.get(0)))
-            .map_err(sql_err)?;
-        match last {
+        match block_bound(
+            conn,
+            "SELECT max(last_seq) FROM audit_blocks WHERE first_at < ?1",
+            to,
+        )? {
             Some(last) => high = high.min(last.saturating_add(1)),
             None => return Ok(None),
         }
@@ -263,13 +249,12 @@ pub(crate) fn search(conn: &Connection, q: &AuditQuery) -> Result<Vec<LedgerRow>
             // The block holding seq `high - 1` is the newest that can hold a
             // candidate (blocks are contiguous runs: a block is named by its
             // last seq).
-            let top: i64 = conn
-                .prepare_cached("SELECT min(last_seq) FROM audit_blocks WHERE last_seq >= ?1")
-                .and_then(|mut s| {
-                    s.query_row([high.saturating_sub(1)], |r| r.get::<_, Option<i64>>(0))
-                })
-                .map_err(sql_err)?
-                .unwrap_or(i64::MAX);
+            let top = block_bound(
+                conn,
+                "SELECT min(last_seq) FROM audit_blocks WHERE last_seq >= ?1",
+                high.saturating_sub(1),
+            )?
+            .unwrap_or(i64::MAX);
             let placeholders: Vec<String> =
                 (0..keys.len()).map(|i| format!("?{}", i + 3)).collect();
             let sql = format!(
