@@ -168,48 +168,22 @@ fn bench_runs_sqlite_and_postgres_side_by_side() {
 fn bench_reuses_a_kept_database() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("kept").join("bench.db");
-    let run = |json: &std::path::Path| {
-        let output = Command::new(env!("CARGO_BIN_EXE_carelayer"))
-            .args([
-                "bench",
-                "--quick",
-                "--seconds",
-                "0.3",
-                "--patients",
-                "5",
-                "--workloads",
-                "read,search-nhs",
-                "--database",
-            ])
-            .arg(format!("sqlite://{}", db.display()))
-            .arg("--cache-dir")
-            .arg(dir.path().join("cache"))
-            .arg("--json")
-            .arg(json)
-            .env("CARELAYER_LOG", "warn")
-            .output()
-            .expect("run carelayer bench");
-        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-        assert!(output.status.success(), "bench failed:\n{stderr}");
-        let report: Value = serde_json::from_slice(&std::fs::read(json).unwrap()).unwrap();
-        (report, stderr)
-    };
-    let workloads = |report: &Value| -> Vec<String> {
-        report["rows"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["workload"].as_str().unwrap().to_owned())
-            .collect()
+    let database = format!("sqlite://{}", db.display());
+    let run = |json: &str| {
+        small_dataset_bench(
+            dir.path(),
+            json,
+            &["--workloads", "read,search-nhs", "--database", &database],
+        )
     };
 
-    let (first, _) = run(&dir.path().join("first.json"));
+    let (first, _) = run("first.json");
     assert_eq!(workloads(&first), ["import", "read", "search-nhs"]);
     let imported = first["rows"][0]["requests"].as_u64().unwrap();
     assert!(imported > 0);
     assert!(db.exists(), "the database was not kept");
 
-    let (second, stderr) = run(&dir.path().join("second.json"));
+    let (second, stderr) = run("second.json");
     assert_eq!(workloads(&second), ["read", "search-nhs"], "{stderr}");
     assert!(
         stderr.contains(&format!("already imported ({imported} resources")),
@@ -242,35 +216,13 @@ fn bench_reuses_a_kept_database() {
 #[test]
 fn bench_audit_compare_alternates_read_audit_in_one_server() {
     let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("compare.json");
-    let output = Command::new(env!("CARGO_BIN_EXE_carelayer"))
-        .args([
-            "bench",
-            "--quick",
-            "--seconds",
-            "0.3",
-            "--patients",
-            "5",
-            "--workloads",
-            "read",
-            "--audit-compare",
-            "2",
-            "--cache-dir",
-        ])
-        .arg(dir.path().join("cache"))
-        .arg("--json")
-        .arg(&json)
-        .env("CARELAYER_LOG", "warn")
-        .output()
-        .expect("run carelayer bench");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "bench failed:\n{stderr}");
-    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let (report, stderr) = small_dataset_bench(
+        dir.path(),
+        "compare.json",
+        &["--workloads", "read", "--audit-compare", "2"],
+    );
     let rows = report["rows"].as_array().unwrap();
-    let names: Vec<&str> = rows
-        .iter()
-        .map(|r| r["workload"].as_str().unwrap())
-        .collect();
+    let names = workloads(&report);
     assert_eq!(names, ["import", "read", "read-audit-off"], "{stderr}");
     for row in &rows[1..] {
         assert!(row["rate"].as_f64().unwrap() > 0.0, "{row}");
@@ -300,4 +252,35 @@ fn bench_audit_compare_alternates_read_audit_in_one_server() {
             "{args:?}"
         );
     }
+}
+
+/// Run the data-set bench on 5 synthetic patients (cached in `dir/cache`),
+/// 0.3 s per workload, with `extra` arguments, writing the JSON report to
+/// `dir/json`; it must succeed. The report and stderr.
+fn small_dataset_bench(dir: &std::path::Path, json: &str, extra: &[&str]) -> (Value, String) {
+    let json = dir.join(json);
+    let output = Command::new(env!("CARGO_BIN_EXE_carelayer"))
+        .args(["bench", "--quick", "--seconds", "0.3", "--patients", "5"])
+        .args(extra)
+        .arg("--cache-dir")
+        .arg(dir.join("cache"))
+        .arg("--json")
+        .arg(&json)
+        .env("CARELAYER_LOG", "warn")
+        .output()
+        .expect("run carelayer bench");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "bench failed:\n{stderr}");
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    (report, stderr)
+}
+
+/// The workload of each row of a JSON report, in order.
+fn workloads(report: &Value) -> Vec<String> {
+    report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["workload"].as_str().unwrap().to_owned())
+        .collect()
 }
