@@ -11,10 +11,10 @@
 //! they replace was confined to the writer's one backend.
 //!
 //! When: [`prepare`] is asked (by `Store::begin_bulk_load`) about a load
-//! of at least [`MIN_LOAD`] resources that is at least [`LOAD_RATIO`] times
-//! what `current` already holds. A bigger database keeps its indexes:
-//! rebuilding them over what it holds would cost more, and its readers
-//! would be without them while the load lasts.
+//! that `carelayer_store::bulk` (the rule both backends share) finds big
+//! enough against what `current` already holds. A bigger database keeps
+//! its indexes: rebuilding them over what it holds would cost more, and its
+//! readers would be without them while the load lasts.
 //!
 //! Why it is safe:
 //! - only [`DEFERRABLE_INDEXES`] are dropped: no write depends on them
@@ -41,14 +41,6 @@ use crate::error::{pg_err, pool_err};
 use crate::schema::DEFERRABLE_INDEXES;
 use carelayer_store::StoreError;
 
-/// Smaller loads keep the indexes: maintaining them costs less than even
-/// the fixed cost of the builds (and their statistics).
-pub(crate) const MIN_LOAD: u64 = 10_000;
-
-/// A load is deferred only when it is at least this many times what the
-/// database holds.
-pub(crate) const LOAD_RATIO: u64 = 4;
-
 /// How long the drop may wait for readers' locks before the load goes
 /// ahead with its indexes (`DROP INDEX` needs the table to itself, and
 /// while it waits it holds up readers queued behind it).
@@ -62,11 +54,11 @@ const BUILDERS: usize = 2;
 /// it (see the module docs). Returns whether it did; a drop that could not
 /// get its locks is not an error (the load just keeps its indexes).
 pub(crate) async fn prepare(pool: &Pool, expected: u64) -> Result<bool, StoreError> {
-    if expected < MIN_LOAD {
+    let Some(most) = carelayer_store::bulk::most_held_to_defer(expected) else {
         return Ok(false);
-    }
+    };
     let client = pool.get().await.map_err(pool_err)?;
-    let most = i64::try_from(expected / LOAD_RATIO).unwrap_or(i64::MAX);
+    let most = i64::try_from(most).unwrap_or(i64::MAX);
     // Counted up to the limit only: on a big database a full count is a
     // scan of `current`.
     let held: i64 = client

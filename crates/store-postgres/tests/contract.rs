@@ -49,6 +49,7 @@ pg_contract_tests!(
     count_by_type,
     search_compound_and_keys_only,
     search_patient_scoped_codes,
+    bulk_load_changes_no_answer,
     audit_search_filters,
     audit_head_raw_rows_checkpoints,
 );

@@ -11,6 +11,8 @@
 //!   audit chain head; deferred audit work (read-audit entries waiting in the
 //!   journal, entries' query rows), written in bulk and flushed before
 //!   anything reads the ledger.
+//! - `bulk`: bulk loads that put off their secondary indexes and build
+//!   them when they end (or at the next open, after a crash).
 //! - `journal`: the append-only file read-audit entries wait in, and its
 //!   recovery at open.
 //! - `audit`, `audit_index`: the ledger's queries, and its query index
@@ -44,6 +46,7 @@
 
 mod audit;
 mod audit_index;
+mod bulk;
 mod error;
 mod journal;
 mod read;
@@ -195,6 +198,15 @@ impl SqliteStore {
         configure(&conn, &options, true)?;
         schema::migrate(&mut conn)?;
         schema::seed_planner_stats(&mut conn)?;
+        // A bulk load whose process died before its end left its indexes
+        // unbuilt: build them before serving anything.
+        let built = bulk::build_deferred(&conn)?;
+        if built > 0 {
+            tracing::warn!(
+                indexes = built,
+                "built the secondary indexes an unfinished bulk load had dropped"
+            );
+        }
         let mut head = writer::load_head(&conn)?;
         // Entries a crash left in the journal, then index rows it kept from
         // the deferred index (see `writer`).
@@ -592,6 +604,14 @@ impl Store for SqliteStore {
 
     async fn checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError> {
         self.readers.run(|conn| audit::checkpoints(conn)).await
+    }
+
+    async fn begin_bulk_load(&self, expected: u64) -> Result<(), StoreError> {
+        self.submit(|reply| Job::Load(Some(expected), reply)).await
+    }
+
+    async fn end_bulk_load(&self) -> Result<(), StoreError> {
+        self.submit(|reply| Job::Load(None, reply)).await
     }
 
     async fn count(&self, resource_type: Option<&str>) -> Result<u64, StoreError> {

@@ -283,6 +283,20 @@ CREATE TRIGGER audit_blocks_no_delete BEFORE DELETE ON audit_blocks
     BEGIN SELECT RAISE(ABORT, 'the audit ledger is append-only'); END;
 ";
 
+/// Version 6 (deferred index builds): while an announced bulk load runs
+/// without its secondary indexes (see `crate::bulk`), each dropped index's
+/// DDL and planner statistics wait here; a row is removed in the
+/// transaction that builds its index again, so a row left at open is an
+/// index still to build.
+const V6_DEFERRED_INDEXES: &str = "
+CREATE TABLE deferred_indexes (
+    name TEXT PRIMARY KEY,
+    tbl  TEXT NOT NULL,
+    sql  TEXT NOT NULL,
+    stat TEXT
+);
+";
+
 /// Ordered migrations; index + 1 is the schema version it produces.
 pub(crate) const MIGRATIONS: &[&str] = &[
     V1,
@@ -290,6 +304,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     V3_DATE_WINDOWS,
     V4_PATIENT_CODES,
     V5_AUDIT_POSTINGS,
+    V6_DEFERRED_INDEXES,
 ];
 
 /// The index tables, in the order rows are cleared on update/delete.

@@ -200,7 +200,7 @@ impl Builder {
                 self.sql.push(" UNION ALL ");
             }
             self.sql.push(
-                "SELECT pt.rid FROM idx_token AS pt INDEXED BY idx_token_patient \
+                "SELECT pt.rid FROM idx_token AS pt \
                  WHERE pt.patient_key = ",
             );
             self.sql.bind(scope.patient.to_owned());
@@ -214,7 +214,7 @@ impl Builder {
                 PatientReference::Target { param, target_type } => {
                     self.sql.push(
                         " UNION ALL SELECT pr.rid FROM idx_reference AS pr \
-                         INDEXED BY idx_reference_target WHERE pr.param = ",
+                         WHERE pr.param = ",
                     );
                     self.sql.bind(param.to_owned());
                     self.sql.push(" AND pr.target_id = ");
@@ -227,7 +227,7 @@ impl Builder {
                 PatientReference::Url { param, url } => {
                     self.sql.push(
                         " UNION ALL SELECT pr.rid FROM idx_reference AS pr \
-                         INDEXED BY idx_reference_url WHERE pr.param = ",
+                         WHERE pr.param = ",
                     );
                     self.sql.bind(param.to_owned());
                     self.sql.push(" AND pr.url = ");

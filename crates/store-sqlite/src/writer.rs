@@ -69,6 +69,9 @@ pub(crate) enum Job {
     /// them out (sent by the checkpoint thread, so an idle store keeps
     /// nothing waiting).
     Tick,
+    /// A bulk load of about this many resources starts (`Some`) or ends
+    /// (`None`): see `crate::bulk`. Run after the batch it arrives with.
+    Load(Option<u64>, oneshot::Sender<Result<(), StoreError>>),
     /// Finish what is queued before this, then stop.
     Close(oneshot::Sender<()>),
 }
@@ -528,6 +531,8 @@ pub(crate) fn run(
     };
     let mut batch: Vec<Job> = Vec::with_capacity(group.max_batch);
     let mut barriers = Vec::new();
+    let mut loads = Vec::new();
+    let mut bulk = crate::bulk::Loads::default();
     let mut last_batch = 0;
     loop {
         let Some(first) = rx.blocking_recv() else {
@@ -555,15 +560,17 @@ pub(crate) fn run(
         }
         // Barriers and ticks write nothing themselves: answered after the
         // batch (which holds every job queued before them) and a flush.
+        // Bulk-load steps run then too, in the order they came.
         let mut tick = false;
         if batch
             .iter()
-            .any(|j| matches!(j, Job::Barrier(_) | Job::Tick))
+            .any(|j| matches!(j, Job::Barrier(_) | Job::Tick | Job::Load(..)))
         {
             for job in std::mem::take(&mut batch) {
                 match job {
                     Job::Barrier(reply) => barriers.push(reply),
                     Job::Tick => tick = true,
+                    Job::Load(expected, reply) => loads.push((expected, reply)),
                     other => batch.push(other),
                 }
             }
@@ -599,6 +606,13 @@ pub(crate) fn run(
         }
         for reply in barriers.drain(..) {
             let _ = reply.send(Ok(()));
+        }
+        for (expected, reply) in loads.drain(..) {
+            committed = true;
+            let _ = reply.send(match expected {
+                Some(expected) => bulk.begin(&conn, expected),
+                None => bulk.end(&conn),
+            });
         }
         if committed {
             wal.keep_bounded(&conn);
@@ -796,7 +810,7 @@ fn run_batch(conn: &Connection, batch: &mut Vec<Job>, chain: &SharedChain) {
             Job::Audit(_, reply) | Job::Barrier(reply) => {
                 let _ = reply.send(result.map(|_| ()));
             }
-            Job::Tick | Job::Close(_) => {}
+            Job::Tick | Job::Load(..) | Job::Close(_) => {}
         }
     }
 }
@@ -847,7 +861,7 @@ fn attempt(
                 append(conn, records, head, staged).map_err(|e| Abort::Job(i, e))?;
                 Ok(NO_WRITES)
             }
-            Job::Barrier(_) | Job::Tick | Job::Close(_) => Ok(NO_WRITES),
+            Job::Barrier(_) | Job::Tick | Job::Load(..) | Job::Close(_) => Ok(NO_WRITES),
         };
         results.push(result);
     }

@@ -362,6 +362,15 @@ async fn representative_searches_use_indexes() {
             "{what}: not driven by the patient's codes:\n{}",
             plan.join("\n")
         );
+        // The other owners' matching references come from an index alone
+        // (no hint forces it: a bulk load may drop these indexes for a while).
+        assert!(
+            plan.iter()
+                .filter(|l| l.contains(" pr "))
+                .all(|l| l.contains("USING COVERING INDEX idx_reference_")),
+            "{what}: references not found from their index:\n{}",
+            plan.join("\n")
+        );
     }
     let (_, window) = cases
         .iter()

@@ -1060,3 +1060,148 @@ async fn date_windows_match_the_intersection_of_their_halves() {
     assert!(nonempty >= 10, "the cases must find something");
     store.close().await;
 }
+
+/// Every index's DDL and planner statistics, by name: what a bulk load may
+/// take away and must give back exactly.
+fn indexes_and_stats(db: &std::path::Path) -> Vec<(String, String, Option<String>)> {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let mut stmt = conn
+        .prepare(
+            "SELECT m.name, m.sql, (SELECT s.stat FROM sqlite_stat1 s WHERE s.idx = m.name) \
+             FROM sqlite_schema m WHERE m.type = 'index' AND m.sql IS NOT NULL ORDER BY m.name",
+        )
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+fn family_smith() -> SearchQuery {
+    one(
+        &["Patient"],
+        index("family", IndexTest::StringStartsWith("smi".into())),
+    )
+}
+
+async fn ids_of(store: &SqliteStore, q: &SearchQuery) -> Vec<String> {
+    let mut ids: Vec<String> = store
+        .search(q)
+        .await
+        .unwrap()
+        .matches
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn a_big_load_builds_its_secondary_indexes_when_it_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.db");
+    let store = open(&dir);
+    let before = indexes_and_stats(&db);
+    assert!(
+        before
+            .iter()
+            .any(|(n, _, s)| n == "idx_string_norm" && s.is_some()),
+        "seeded statistics: {before:?}"
+    );
+    store.begin_bulk_load(50_000).await.unwrap();
+    let during = indexes_and_stats(&db);
+    let kept: Vec<&str> = during.iter().map(|(n, _, _)| n.as_str()).collect();
+    // What writes rely on stays; the row-by-row maintenance goes.
+    assert!(kept.contains(&"current_key") && kept.contains(&"resources_version"));
+    assert!(!kept.contains(&"idx_string_norm") && !kept.contains(&"idx_token_code"));
+    assert!(!kept.contains(&"current_patient") && !kept.contains(&"resources_type_seq"));
+    for id in ["p1", "p2"] {
+        store
+            .commit(WriteSet {
+                resources: vec![patient(id)],
+                ..WriteSet::default()
+            })
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        ids_of(&store, &family_smith()).await,
+        ["p1", "p2"],
+        "during"
+    );
+    store.end_bulk_load().await.unwrap();
+    assert_eq!(
+        indexes_and_stats(&db),
+        before,
+        "the same indexes and statistics"
+    );
+    assert_eq!(ids_of(&store, &family_smith()).await, ["p1", "p2"], "after");
+    let plan = store.explain(&family_smith()).await.unwrap();
+    assert_indexed(&plan, "family after the load");
+    store.close().await;
+}
+
+#[tokio::test]
+async fn an_unfinished_load_is_finished_when_the_database_next_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.db");
+    let store = open(&dir);
+    let before = indexes_and_stats(&db);
+    store.begin_bulk_load(50_000).await.unwrap();
+    store
+        .commit(WriteSet {
+            resources: vec![patient("p1")],
+            ..WriteSet::default()
+        })
+        .await
+        .unwrap();
+    // The process goes away mid-load: nobody ends it.
+    store.close().await;
+    assert_ne!(indexes_and_stats(&db), before);
+    let store = open(&dir);
+    assert_eq!(indexes_and_stats(&db), before);
+    assert_eq!(ids_of(&store, &family_smith()).await, ["p1"]);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn loads_small_against_the_database_keep_their_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.db");
+    let store = open(&dir);
+    let before = indexes_and_stats(&db);
+    // Too small to be worth builds at all.
+    store.begin_bulk_load(9_999).await.unwrap();
+    assert_eq!(indexes_and_stats(&db), before);
+    store.end_bulk_load().await.unwrap();
+    // Big, but less than four times what the database holds.
+    let held: Vec<ResourceWrite> = (0..2_501).map(|i| patient(&format!("h{i}"))).collect();
+    store
+        .commit(WriteSet {
+            resources: held,
+            ..WriteSet::default()
+        })
+        .await
+        .unwrap();
+    store.begin_bulk_load(10_000).await.unwrap();
+    assert_eq!(indexes_and_stats(&db), before);
+    store.end_bulk_load().await.unwrap();
+    // One fewer held and the same load defers.
+    let dir2 = tempfile::tempdir().unwrap();
+    let store2 = open(&dir2);
+    let held: Vec<ResourceWrite> = (0..2_500).map(|i| patient(&format!("h{i}"))).collect();
+    store2
+        .commit(WriteSet {
+            resources: held,
+            ..WriteSet::default()
+        })
+        .await
+        .unwrap();
+    store2.begin_bulk_load(10_000).await.unwrap();
+    assert_ne!(indexes_and_stats(&dir2.path().join("c.db")), before);
+    store2.end_bulk_load().await.unwrap();
+    assert_eq!(indexes_and_stats(&dir2.path().join("c.db")), before);
+    store.close().await;
+    store2.close().await;
+}

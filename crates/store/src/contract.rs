@@ -56,6 +56,7 @@ macro_rules! contract_tests {
             paging_snapshot_total,
             search_compound_and_keys_only,
             search_patient_scoped_codes,
+            bulk_load_changes_no_answer,
             audit_chain,
             audit_atomic_with_writes,
             concurrent_commits_no_lost_updates,
@@ -2570,6 +2571,12 @@ pub async fn search_compound_and_keys_only(store: &dyn Store) {
 /// X is an absolute URL (so X does not own it), one that names X in a later
 /// compartment reference (owned by another patient), and rows with no owner.
 pub async fn search_patient_scoped_codes(store: &dyn Store) {
+    commit_all(store, patient_scoped_code_writes()).await;
+    check_patient_scoped_codes(store, "").await;
+}
+
+/// The Observations [`search_patient_scoped_codes`] searches.
+fn patient_scoped_code_writes() -> Vec<ResourceWrite> {
     let code = |c: &str| tok("code", Some("http://loinc.org"), c);
     let obs = |id: &str, owner: Option<&str>, mut index: Vec<IndexEntry>| {
         let mut w = write("Observation", id, 1, std::mem::take(&mut index));
@@ -2578,7 +2585,7 @@ pub async fn search_patient_scoped_codes(store: &dyn Store) {
     };
     let local =
         |param: &str, p: &str| reference(param, Some("Patient"), Some(p), &format!("Patient/{p}"));
-    let writes = vec![
+    vec![
         obs("a", Some("x"), vec![local("subject", "x"), code("C")]),
         obs(
             "b",
@@ -2612,8 +2619,12 @@ pub async fn search_patient_scoped_codes(store: &dyn Store) {
             None,
             vec![reference("subject", None, None, "Patient/x"), code("C")],
         ),
-    ];
-    commit_all(store, writes).await;
+    ]
+}
+
+/// [`search_patient_scoped_codes`]'s searches over its writes; `when` names
+/// the moment in a failure.
+async fn check_patient_scoped_codes(store: &dyn Store, when: &str) {
     let has_code = loinc_code;
     let refers = |param: &str, target_type: Option<&str>, p: &str| Predicate::Index {
         param: param.into(),
@@ -2703,6 +2714,46 @@ pub async fn search_patient_scoped_codes(store: &dyn Store) {
     ];
     for (what, clauses, expected) in cases {
         let q = query(&["Observation"], clauses);
-        assert_eq!(ids(store, &q).await, sorted(&expected), "{what}");
+        assert_eq!(ids(store, &q).await, sorted(&expected), "{what} {when}");
     }
+}
+
+/// A bulk load changes no answer: during two overlapping loads, each big
+/// enough against this empty store that a backend puts off its index work
+/// ([`crate::bulk`]), conditional creates' preconditions and searches give
+/// what they give without a load; so they do when one load has ended and
+/// after both, and writes after the loads are found too.
+pub async fn bulk_load_changes_no_answer(store: &dyn Store) {
+    store.begin_bulk_load(1_000_000).await.unwrap();
+    store.begin_bulk_load(1_000_000).await.unwrap();
+    precondition_search_matches(store).await;
+    commit_all(store, patient_scoped_code_writes()).await;
+    check_patient_scoped_codes(store, "during two loads").await;
+    store.end_bulk_load().await.unwrap();
+    check_patient_scoped_codes(store, "while the second load lasts").await;
+    store.end_bulk_load().await.unwrap();
+    check_patient_scoped_codes(store, "after both loads").await;
+    let mut later = write(
+        "Observation",
+        "z",
+        1,
+        vec![
+            reference("subject", Some("Patient"), Some("y"), "Patient/y"),
+            tok("code", Some("http://loinc.org"), "C"),
+        ],
+    );
+    later.patient_key = Some("y".into());
+    put(store, later).await;
+    let q = query(
+        &["Observation"],
+        vec![
+            vec![Predicate::PatientKey("y".into())],
+            vec![loinc_code("C")],
+        ],
+    );
+    assert_eq!(
+        ids(store, &q).await,
+        sorted(&["d", "e", "z"]),
+        "after the loads"
+    );
 }

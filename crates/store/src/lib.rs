@@ -10,6 +10,7 @@
 //!   its own errors.
 //! - [`contract`]: the storage contract suite, written once and run by every
 //!   backend's tests.
+//! - [`bulk`]: when an announced bulk load may put off index work.
 //! - [`plan`]: backend-neutral search planning (clause costs, date windows),
 //!   so both backends drive a search from the same clause.
 //!
@@ -17,6 +18,7 @@
 //! `meta` stamping and bundle semantics are built once above it, in `records`.
 
 mod audit;
+pub mod bulk;
 #[cfg(feature = "contract")]
 pub mod contract;
 mod error;
@@ -190,9 +192,10 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// A bulk load of about `expected` resources (an import) starts. A
-    /// backend may prepare for it: PostgreSQL, when the load will dwarf
-    /// what the database holds, stops maintaining its secondary indexes row
-    /// by row and builds them once, sorted, in [`Store::end_bulk_load`].
+    /// backend may prepare for it: both backends, when the load will dwarf
+    /// what the database holds ([`bulk`]), stop maintaining their secondary
+    /// indexes row by row and build them once, sorted, in
+    /// [`Store::end_bulk_load`].
     /// Nothing a caller can observe depends on it but speed: every write is
     /// validated, indexed, audited and durable as always, and reads during
     /// the load give the same answers (perhaps more slowly). Each call must
@@ -206,13 +209,13 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// The load [`Store::begin_bulk_load`] announced is over: returns once
-    /// whatever the backend put off for it is done (PostgreSQL: indexes
-    /// built, statistics refreshed). The default does nothing.
+    /// whatever the backend put off for it is done (indexes built, planner
+    /// statistics in place). The default does nothing.
     ///
     /// # Errors
     /// Backend failures: the data is committed, but what was put off may
-    /// not be done (PostgreSQL builds missing indexes again when it next
-    /// connects).
+    /// not be done (the backend builds missing indexes when it next opens
+    /// the database).
     async fn end_bulk_load(&self) -> Result<(), StoreError> {
         Ok(())
     }
