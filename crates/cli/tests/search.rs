@@ -174,6 +174,8 @@ async fn fixture() -> TestServer {
         &s,
         json!({"resourceType": "RiskAssessment", "id": "r1", "status": "final",
         "subject": {"reference": "Patient/a"},
+        "text": {"status": "generated",
+            "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\"><p>Low &amp; stable risk of <b>stroke</b></p></div>"},
         "prediction": [{"probabilityDecimal": 0.25}]}),
     )
     .await;
@@ -352,6 +354,34 @@ async fn parameter_types_modifiers_and_prefixes() {
             "Patient?family=smith,strom&gender=female".into(),
             vec!["a", "c"],
         ),
+        // _content: the resource's words; _text: the narrative's
+        ("Observation?_content=heart".into(), vec!["o1", "o2", "o3"]),
+        (
+            "Observation?_content=HEART RATE".into(),
+            vec!["o1", "o2", "o3"],
+        ),
+        ("Observation?_content=heart temperature".into(), vec![]),
+        (
+            "Observation?_content=temp,heart".into(),
+            vec!["o1", "o2", "o3", "o4"],
+        ),
+        (
+            "Observation?_content=heart&_content=temperature".into(),
+            vec![],
+        ),
+        ("Observation?_content:contains=perat".into(), vec!["o4"]),
+        ("Patient?_content=zoe".into(), vec!["a"]),
+        ("Patient?_content:exact=Zoë".into(), vec!["a"]),
+        ("Patient?_content:exact=zoë".into(), vec![]),
+        ("Patient?_content=leeds".into(), vec!["a", "b", "c", "d"]),
+        // codes, links and dates are not content words
+        ("Observation?_content=8867".into(), vec![]),
+        ("Patient?_content=1980".into(), vec![]),
+        ("RiskAssessment?_text=stroke".into(), vec!["r1"]),
+        ("RiskAssessment?_text=low stable".into(), vec!["r1"]),
+        ("RiskAssessment?_text=amp".into(), vec![]),
+        ("RiskAssessment?_text=final".into(), vec![]),
+        ("Observation?_text=heart".into(), vec![]),
     ];
     let mut wrong = Vec::new();
     for (query, want) in &cases {
@@ -572,6 +602,13 @@ async fn includes_sorting_and_result_control() {
     s.get("Patient?nonsense=1")
         .await
         .expect_outcome(400, "invalid", Some("nonsense"));
+    // Alternatives of several words each are ambiguous: said, not guessed.
+    s.get("Observation?_content=heart%20rate,body")
+        .await
+        .expect_outcome(400, "invalid", Some("several words"));
+    s.get("Observation?_content=%21%2D%21")
+        .await
+        .expect_outcome(400, "invalid", Some("no words"));
     let r = s
         .get_h(
             "Patient?nonsense=1&family=smith",

@@ -36,16 +36,8 @@ const NOT_RESOURCES: &[&str] = &["package.json", "ig-r4.json", ".index.json"];
 /// parameter's expression parses and is evaluated.
 const EXPECTED_UNSUPPORTED: &[(&str, &str)] = &[
     (
-        "http://hl7.org/fhir/SearchParameter/DomainResource-text",
-        "no expression: full-text search",
-    ),
-    (
         "http://hl7.org/fhir/SearchParameter/Location-near",
         "special: geographic proximity",
-    ),
-    (
-        "http://hl7.org/fhir/SearchParameter/Resource-content",
-        "no expression: full-text search",
     ),
     (
         "http://hl7.org/fhir/SearchParameter/Resource-query",

@@ -800,11 +800,65 @@ pub(crate) fn filter_clauses(
             })
             .collect();
     }
+    if matches!(code, "_text" | "_content") {
+        return full_text_clauses(&info, code, name, modifier, &values);
+    }
     let mut any_of = Vec::new();
     for v in &values {
         any_of.extend(parse_value(&info, code, name, modifier, v)?);
     }
     Ok(vec![Clause { any_of }])
+}
+
+/// `_text` and `_content` are indexed as the resource's words (strings, one
+/// row a word: `carelayer_fhir::search::text`). Every word of a value must
+/// be found, each matched as a string value is (by prefix, `:exact`,
+/// `:contains`); several comma-separated values are alternatives, so each
+/// must then be one word (words that must all appear: repeat the
+/// parameter).
+fn full_text_clauses(
+    info: &ParamInfo,
+    code: &str,
+    name: &str,
+    modifier: Option<&str>,
+    values: &[String],
+) -> Result<Vec<Clause>, RecordsError> {
+    let words_of = |v: &str| -> Vec<String> {
+        v.split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    let mut alternatives = Vec::new();
+    for v in values {
+        let words = words_of(v);
+        if words.is_empty() {
+            return Err(RecordsError::BadRequest(format!(
+                "{name}: '{v}' has no words to search for"
+            )));
+        }
+        if values.len() == 1 {
+            return words
+                .iter()
+                .map(|w| {
+                    Ok(Clause {
+                        any_of: parse_value(info, code, name, modifier, w)?,
+                    })
+                })
+                .collect();
+        }
+        if words.len() > 1 {
+            return Err(RecordsError::BadRequest(format!(
+                "{name}: '{v}' has several words, and comma-separated values are \
+                 alternatives; give one word per value, or repeat {name} for words \
+                 that must all appear"
+            )));
+        }
+        alternatives.extend(parse_value(info, code, name, modifier, &words[0])?);
+    }
+    Ok(vec![Clause {
+        any_of: alternatives,
+    }])
 }
 
 /// One value of a (non-`:missing`) filter → the predicates it ORs.

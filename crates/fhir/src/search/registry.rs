@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use super::extract::{cartesian, dedup, derived_values, values};
 use super::index::{IndexEntry, IndexValue};
+use super::text;
 use crate::fhirpath::{self, Expr, Item, RESOURCE_TYPES};
 
 const SEARCH_PARAMETERS_JSON: &str = include_str!("../../generated/search-parameters.json");
@@ -132,14 +133,27 @@ impl SearchParamDef {
 
 /// A parameter's parsed expression and, for composites, its components' types
 /// and parsed expressions.
-type Parsed = (Expr, Vec<(SearchParamType, Expr)>);
+type Parsed = (Source, Vec<(SearchParamType, Expr)>);
+
+/// Where a parameter's values come from.
+#[derive(Debug, Clone)]
+enum Source {
+    /// Its FHIRPath expression.
+    Path(Expr),
+    /// `_text`, which has no expression: the words of the narrative.
+    NarrativeWords,
+    /// `_content`, which has no expression: the words of the whole resource
+    /// (see [`text::content_words`]).
+    ContentWords,
+}
 
 /// A parameter compiled for one resource type.
 #[derive(Debug)]
 struct Compiled {
     def: usize,
-    /// The expression, restricted to the union branches for this type.
-    expr: Expr,
+    /// Where its values come from; an expression restricted to the union
+    /// branches for this type.
+    source: Source,
     /// For composites: each component's type and parsed expression.
     components: Vec<(SearchParamType, Expr)>,
 }
@@ -235,17 +249,19 @@ impl SearchParams {
                     });
                 }
                 let Some(src) = d.expression.as_deref() else {
-                    return Err(match d.code.as_str() {
-                        "_text" | "_content" => "no expression: full-text search over the \
-                                                 narrative/content is not indexed"
-                            .to_string(),
-                        "_query" | "_filter" => {
-                            "no expression: a query mechanism, not an indexed value".to_string()
-                        }
-                        _ => "no expression in the definition (extension parameter without \
+                    return match d.code.as_str() {
+                        // Full text has no expression: words, as strings.
+                        "_text" => Ok((Source::NarrativeWords, Vec::new())),
+                        "_content" => Ok((Source::ContentWords, Vec::new())),
+                        code => Err(match code {
+                            "_query" | "_filter" => {
+                                "no expression: a query mechanism, not an indexed value".to_string()
+                            }
+                            _ => "no expression in the definition (extension parameter without \
                               FHIRPath)"
-                            .to_string(),
-                    });
+                                .to_string(),
+                        }),
+                    };
                 };
                 let expr = param_parse(src)?;
                 let mut comps = Vec::new();
@@ -266,7 +282,7 @@ impl SearchParams {
                         comps.push((kind, param_parse(&c.expression)?));
                     }
                 }
-                Ok((expr, comps))
+                Ok((Source::Path(expr), comps))
             })();
             match result {
                 Ok(p) => parsed.push(Some(p)),
@@ -285,12 +301,15 @@ impl SearchParams {
                 }
                 ix.params.push(i);
                 ix.by_code.entry(d.code.clone()).or_insert(i);
-                if let Some((expr, comps)) = &parsed[i]
-                    && let Some(expr) = expr.for_resource_type(rt)
-                {
+                let source = match &parsed[i] {
+                    Some((Source::Path(expr), _)) => expr.for_resource_type(rt).map(Source::Path),
+                    Some((words, _)) => Some(words.clone()),
+                    None => None,
+                };
+                if let (Some(source), Some((_, comps))) = (source, &parsed[i]) {
                     ix.compiled.push(Compiled {
                         def: i,
-                        expr,
+                        source,
                         components: comps.clone(),
                     });
                 }
@@ -380,7 +399,23 @@ impl SearchParams {
         mut derived: Option<&mut Vec<(&'static str, IndexValue)>>,
     ) {
         let kind = self.defs[c.def].kind;
-        let items = fhirpath::evaluate(&c.expr, resource);
+        let expr = match &c.source {
+            Source::Path(expr) => expr,
+            Source::NarrativeWords | Source::ContentWords => {
+                let words = if matches!(c.source, Source::NarrativeWords) {
+                    text::narrative_words(resource)
+                } else {
+                    text::content_words(resource)
+                };
+                out.extend(
+                    words
+                        .into_iter()
+                        .map(|(normalized, exact)| IndexValue::String { normalized, exact }),
+                );
+                return;
+            }
+        };
+        let items = fhirpath::evaluate(expr, resource);
         if kind == SearchParamType::Composite {
             let mut parts: Vec<Vec<IndexValue>> = Vec::with_capacity(c.components.len());
             let mut found = Vec::with_capacity(c.components.len());

@@ -104,9 +104,7 @@ fn unsupported_are_only_special_or_without_expression() {
     assert_eq!(
         urls,
         vec![
-            "http://hl7.org/fhir/SearchParameter/DomainResource-text",
             "http://hl7.org/fhir/SearchParameter/Location-near",
-            "http://hl7.org/fhir/SearchParameter/Resource-content",
             "http://hl7.org/fhir/SearchParameter/Resource-query",
             "http://hl7.org/fhir/SearchParameter/filter",
             "http://hl7.org/fhir/SearchParameter/patient-extensions-Patient-age",
