@@ -30,7 +30,7 @@
 //! Everything here runs on the writer's connection, between batches: SQLite
 //! has one writer at a time, and DDL is a write.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
 use crate::error::sql_err;
 use crate::schema::INDEX_TABLES;
@@ -86,7 +86,7 @@ fn defer(conn: &Connection, expected: u64) -> Result<bool, StoreError> {
     if held > most {
         return Ok(false);
     }
-    let tx = conn.unchecked_transaction().map_err(sql_err)?;
+    let tx = write_transaction(conn)?;
     let tables: Vec<&str> = ["resources", "current"]
         .into_iter()
         .chain(INDEX_TABLES.iter().copied())
@@ -146,7 +146,7 @@ pub(crate) fn build_deferred(conn: &Connection) -> Result<usize, StoreError> {
         let Some((name, table, sql, stat)) = next else {
             break;
         };
-        let tx = conn.unchecked_transaction().map_err(sql_err)?;
+        let tx = write_transaction(conn)?;
         tx.execute_batch(&sql).map_err(sql_err)?;
         if let Some(stat) = stat {
             tx.execute(
@@ -172,4 +172,12 @@ pub(crate) fn build_deferred(conn: &Connection) -> Result<usize, StoreError> {
         );
     }
     Ok(built)
+}
+
+/// A transaction that takes the write lock when it begins, as the writer's
+/// batches do: another connection (the checkpoint signer's) may write in
+/// between, and a deferred transaction that read first could then not
+/// upgrade ("database is locked", without waiting for the busy timeout).
+fn write_transaction(conn: &Connection) -> Result<Transaction<'_>, StoreError> {
+    Transaction::new_unchecked(conn, TransactionBehavior::Immediate).map_err(sql_err)
 }

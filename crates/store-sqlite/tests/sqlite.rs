@@ -1205,3 +1205,31 @@ async fn loads_small_against_the_database_keep_their_indexes() {
     store.close().await;
     store2.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_begins_while_another_connection_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.db");
+    let store = open(&dir);
+    let before = indexes_and_stats(&db);
+    // Another connection (as the checkpoint signer's is) holds the write
+    // lock and commits while the load begins: the load waits for it.
+    let other = rusqlite::Connection::open(&db).unwrap();
+    other
+        .execute_batch("CREATE TABLE scratch (x); BEGIN IMMEDIATE; INSERT INTO scratch VALUES (1)")
+        .unwrap();
+    let committer = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        other.execute_batch("COMMIT").unwrap();
+    });
+    store.begin_bulk_load(50_000).await.unwrap();
+    committer.join().unwrap();
+    assert_ne!(
+        indexes_and_stats(&db),
+        before,
+        "the load deferred its indexes"
+    );
+    store.end_bulk_load().await.unwrap();
+    assert_eq!(indexes_and_stats(&db), before);
+    store.close().await;
+}
