@@ -134,6 +134,7 @@ fn bench_runs_sqlite_and_postgres_side_by_side() {
         "search-obs",
         "transaction",
         "everything",
+        "everything-heavy",
     ];
     for server in ["carelayer/sqlite", "carelayer/postgres"] {
         for workload in workloads {

@@ -37,6 +37,7 @@ pub(crate) const SUITE_WORKLOADS: &[&str] = &[
     "search-chained",
     "transaction",
     "everything",
+    "everything-heavy",
 ];
 
 /// A storage backend the suite runs carelayer on.
@@ -103,7 +104,14 @@ struct Dataset {
     /// (family name, birth date) of each Patient, for the trace search.
     names: Vec<(String, String)>,
     observations: Vec<String>,
+    /// Patients with about [`HEAVY_RECORD`] resources in their compartment
+    /// (filled only when `everything-heavy` runs: it reads every file).
+    heavy: Vec<String>,
 }
+
+/// The record size `everything-heavy` asks for: issue 4's "a patient with
+/// about 500 resources".
+const HEAVY_RECORD: std::ops::RangeInclusive<usize> = 400..=600;
 
 pub(crate) async fn run(args: SuiteArgs) -> anyhow::Result<()> {
     for w in &args.workloads {
@@ -383,13 +391,66 @@ fn dataset(args: &SuiteArgs) -> anyhow::Result<Dataset> {
             observations.push(id);
         }
     }
+    let heavy = if args.workloads.iter().any(|w| w == "everything-heavy") {
+        let heavy = heavy_patients(&dir)?;
+        eprintln!(
+            "bench: everything-heavy asks for the records of {} patients ({}–{} resources each, or the biggest hundredth)",
+            heavy.len(),
+            HEAVY_RECORD.start(),
+            HEAVY_RECORD.end()
+        );
+        heavy
+    } else {
+        Vec::new()
+    };
     Ok(Dataset {
         dir,
         resources: m["total"].as_u64().unwrap_or(0),
         patients,
         names,
         observations,
+        heavy,
     })
+}
+
+/// Patients whose records (the Patient and every resource that names them
+/// first among its Patient references) hold [`HEAVY_RECORD`] resources;
+/// the biggest hundredth when none do (a small data set).
+fn heavy_patients(dir: &Path) -> anyhow::Result<Vec<String>> {
+    let mut sizes: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if !name.ends_with(".ndjson") {
+            continue;
+        }
+        for line in std::fs::read_to_string(&path)?.lines() {
+            let owner = if name == "Patient.ndjson" {
+                line.split_once(r#""id":""#)
+            } else {
+                line.split_once(r#""reference":"Patient/"#)
+            };
+            if let Some((id, _)) = owner.and_then(|(_, rest)| rest.split_once('"')) {
+                *sizes.entry(id.to_owned()).or_default() += 1;
+            }
+        }
+    }
+    let mut heavy: Vec<String> = sizes
+        .iter()
+        .filter(|(_, n)| HEAVY_RECORD.contains(n))
+        .map(|(id, _)| id.clone())
+        .collect();
+    if heavy.is_empty() {
+        let mut by_size: Vec<(&String, &usize)> = sizes.iter().collect();
+        by_size.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+        heavy = by_size
+            .iter()
+            .take((by_size.len() / 100).max(1))
+            .map(|(id, _)| (*id).clone())
+            .collect();
+    }
+    heavy.sort();
+    Ok(heavy)
 }
 
 /// Import the data set; `None` when a kept database already held all of it
@@ -459,6 +520,7 @@ async fn workloads(
         patients: data.patients.clone(),
         names: data.names.clone(),
         observations: data.observations.clone(),
+        heavy: data.heavy.clone(),
         seed: args.seed,
     });
     // `create` adds new Patients and Observations about them (the synth
@@ -475,6 +537,7 @@ async fn workloads(
             "search-family" => Arc::new(SearchFamily(Arc::clone(&shared))),
             "search-chained" => Arc::new(SearchChained(Arc::clone(&shared))),
             "transaction" => Arc::new(Transaction(Arc::clone(&shared))),
+            "everything-heavy" => Arc::new(EverythingHeavy(Arc::clone(&shared))),
             _ => Arc::new(Everything(Arc::clone(&shared))),
         };
         if let (Some(records), "read", 1..) = (records, name.as_str(), args.audit_compare) {
@@ -735,6 +798,7 @@ struct Shared {
     patients: Vec<(String, String)>,
     names: Vec<(String, String)>,
     observations: Vec<String>,
+    heavy: Vec<String>,
     seed: u64,
 }
 
@@ -928,5 +992,23 @@ impl Workload for Everything {
             "Patient/{}/$everything",
             self.0.patient(&mut rng).0
         ))
+    }
+}
+
+/// `everything-heavy`: the whole record of a patient with about 500
+/// resources, in one page (`Patient/{id}/$everything?_count=1000`).
+struct EverythingHeavy(Arc<Shared>);
+
+impl Workload for EverythingHeavy {
+    fn name(&self) -> &'static str {
+        "everything-heavy"
+    }
+    fn request(&self, client: usize, i: u64) -> Request {
+        let mut rng = self.0.rng(6, client, i);
+        let heavy = &self.0.heavy;
+        let id = heavy
+            .get(rng.below(heavy.len().max(1) as u64) as usize)
+            .map_or("none", String::as_str);
+        get(format!("Patient/{id}/$everything?_count=1000"))
     }
 }
