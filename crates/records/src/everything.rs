@@ -251,12 +251,15 @@ impl Records {
 /// JSON yield what was found before the fault.
 fn references_in(json: &[u8], out: &mut Vec<String>) {
     let mut de = serde_json::Deserializer::from_slice(json);
-    let _ = serde::de::DeserializeSeed::deserialize(Walk { out }, &mut de);
+    let _ = serde::de::DeserializeSeed::deserialize(Walk { out, keep: false }, &mut de);
 }
 
-/// Walks any JSON value, adding each `reference` string to `out`.
+/// Walks any JSON value, adding each `reference` string to `out`. `keep`:
+/// this value is a `reference` key's, kept when it is a string (walked
+/// when it is not: it may hold further references).
 struct Walk<'o> {
     out: &'o mut Vec<String>,
+    keep: bool,
 }
 
 impl<'de> serde::de::DeserializeSeed<'de> for Walk<'_> {
@@ -273,18 +276,23 @@ impl<'de> serde::de::Visitor<'de> for Walk<'_> {
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let out = self.out;
-        while let Some(is_reference) = map.next_key_seed(KeyIsReference)? {
-            if is_reference {
-                map.next_value_seed(ReferenceValue { out: &mut *out })?;
-            } else {
-                map.next_value_seed(Walk { out: &mut *out })?;
-            }
+        while let Some(keep) = map.next_key_seed(KeyIsReference)? {
+            map.next_value_seed(Walk {
+                out: &mut *out,
+                keep,
+            })?;
         }
         Ok(())
     }
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         let out = self.out;
-        while seq.next_element_seed(Walk { out: &mut *out })?.is_some() {}
+        while seq
+            .next_element_seed(Walk {
+                out: &mut *out,
+                keep: false,
+            })?
+            .is_some()
+        {}
         Ok(())
     }
     fn visit_bool<E>(self, _: bool) -> Result<(), E> {
@@ -299,7 +307,10 @@ impl<'de> serde::de::Visitor<'de> for Walk<'_> {
     fn visit_f64<E>(self, _: f64) -> Result<(), E> {
         Ok(())
     }
-    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+    fn visit_str<E>(self, s: &str) -> Result<(), E> {
+        if self.keep {
+            self.out.push(s.to_owned());
+        }
         Ok(())
     }
     fn visit_unit<E>(self) -> Result<(), E> {
@@ -325,51 +336,6 @@ impl serde::de::Visitor<'_> for KeyIsReference {
     }
     fn visit_str<E>(self, key: &str) -> Result<bool, E> {
         Ok(key == "reference")
-    }
-}
-
-/// The value of a `reference` key: kept when it is a string, walked when
-/// it is not (it may hold further references).
-struct ReferenceValue<'o> {
-    out: &'o mut Vec<String>,
-}
-
-impl<'de> serde::de::DeserializeSeed<'de> for ReferenceValue<'_> {
-    type Value = ();
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for ReferenceValue<'_> {
-    type Value = ();
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("JSON")
-    }
-    fn visit_str<E>(self, reference: &str) -> Result<(), E> {
-        self.out.push(reference.to_owned());
-        Ok(())
-    }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
-        Walk { out: self.out }.visit_map(map)
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
-        Walk { out: self.out }.visit_seq(seq)
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_unit<E>(self) -> Result<(), E> {
-        Ok(())
     }
 }
 
