@@ -195,6 +195,38 @@ fn bench_reuses_a_kept_database() {
         assert_eq!(row["errors"], 0, "{row}");
     }
 
+    // The same data set generated again in another cache folder (another
+    // working directory) is still recognised: not imported twice.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let (third, stderr) = small_dataset_bench(
+        elsewhere.path(),
+        "third.json",
+        &["--workloads", "read", "--database", &database],
+    );
+    assert_eq!(workloads(&third), ["read"], "{stderr}");
+    assert!(
+        stderr.contains(&format!("already imported ({imported} resources")),
+        "{stderr}"
+    );
+
+    // Another data set is refused, not mixed into the kept database.
+    let output = Command::new(env!("CARGO_BIN_EXE_carelayer"))
+        .args(["bench", "--quick", "--seconds", "0.3", "--patients", "6"])
+        .args([
+            "--workloads",
+            "read",
+            "--database",
+            &database,
+            "--cache-dir",
+        ])
+        .arg(elsewhere.path().join("cache"))
+        .env("CARELAYER_LOG", "warn")
+        .output()
+        .expect("run carelayer bench");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("holds another data set"), "{stderr}");
+
     // Only SQLite can be kept, and only alone.
     let refused = Command::new(env!("CARGO_BIN_EXE_carelayer"))
         .args([

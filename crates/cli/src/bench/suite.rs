@@ -98,6 +98,9 @@ struct Row {
 /// The data set: where it is and what to ask for.
 struct Dataset {
     dir: PathBuf,
+    /// Size, seed and resource count: what a kept database records once
+    /// it holds this data set.
+    identity: Value,
     resources: u64,
     /// (Patient id, NHS number)
     patients: Vec<(String, String)>,
@@ -263,6 +266,11 @@ async fn run_backend(
 struct ImportFiles {
     checkpoint: PathBuf,
     rejects: PathBuf,
+    /// Which data set (size and seed) a finished import left in the
+    /// database. Why not the checkpoint alone: it is keyed by the files'
+    /// absolute paths and times, so the same data set generated again in
+    /// another cache folder would be imported a second time, as updates.
+    dataset: PathBuf,
 }
 
 impl ImportFiles {
@@ -275,6 +283,18 @@ impl ImportFiles {
         Self {
             checkpoint: with(".bench-import.json"),
             rejects: with(".bench-rejected.txt"),
+            dataset: with(".bench-dataset.json"),
+        }
+    }
+
+    /// The data set a finished import left in the database, if any.
+    fn imported(&self) -> anyhow::Result<Option<Value>> {
+        match std::fs::read(&self.dataset) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).with_context(|| {
+                format!("{} is not a bench data set record", self.dataset.display())
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", self.dataset.display())),
         }
     }
 }
@@ -403,9 +423,11 @@ fn dataset(args: &SuiteArgs) -> anyhow::Result<Dataset> {
     } else {
         Vec::new()
     };
+    let resources = m["total"].as_u64().unwrap_or(0);
     Ok(Dataset {
         dir,
-        resources: m["total"].as_u64().unwrap_or(0),
+        identity: json!({"patients": args.patients, "seed": args.seed, "resources": resources}),
+        resources,
         patients,
         names,
         observations,
@@ -462,6 +484,22 @@ async fn load(
     pid: Option<u32>,
     files: &ImportFiles,
 ) -> anyhow::Result<Option<Row>> {
+    match files.imported()? {
+        Some(held) if held == data.identity => {
+            eprintln!(
+                "bench: {server}: the data set is already imported ({} resources, {}); not measured",
+                data.resources,
+                files.dataset.display()
+            );
+            return Ok(None);
+        }
+        Some(held) => bail!(
+            "the kept database holds another data set ({held}, per {}); this run's is {}: pass another --database",
+            files.dataset.display(),
+            data.identity
+        ),
+        None => {}
+    }
     let mut args = ImportArgs::new(vec![data.dir.clone()]);
     args.checkpoint = Some(files.checkpoint.clone());
     args.rejects = Some(files.rejects.clone());
@@ -477,7 +515,13 @@ async fn load(
             summary.resumed_lines,
             files.checkpoint.display()
         );
+        std::fs::write(&files.dataset, data.identity.to_string())
+            .with_context(|| format!("cannot write {}", files.dataset.display()))?;
         return Ok(None);
+    }
+    if summary.rejected.is_empty() {
+        std::fs::write(&files.dataset, data.identity.to_string())
+            .with_context(|| format!("cannot write {}", files.dataset.display()))?;
     }
     let cpu = cpu0
         .zip(peer::cpu_seconds(pid))
