@@ -238,9 +238,9 @@ impl Records {
             Body::Value(v) => self.resource_facts(v).await?,
             Body::Json(bytes) => {
                 let has_consents = patient.as_ref().is_some_and(|p| !p.consents.is_empty());
-                if has_consents || contains(bytes, b"\"security\"") {
-                    match serde_json::from_slice::<Value>(bytes) {
-                        Ok(v) => self.resource_facts(&v).await?,
+                if has_consents || SECURITY_KEY.find(bytes).is_some() {
+                    match ResourceFacts::from_slice(bytes) {
+                        Ok(facts) => self.resolve_episode_org(facts).await?,
                         Err(e) => {
                             return Err(RecordsError::Store(StoreError::Other(format!(
                                 "stored {} is not JSON: {e}",
@@ -270,7 +270,16 @@ impl Records {
     }
 
     async fn resource_facts(&self, resource: &Value) -> Result<ResourceFacts, RecordsError> {
-        let mut facts = ResourceFacts::from_json(resource);
+        self.resolve_episode_org(ResourceFacts::from_json(resource))
+            .await
+    }
+
+    /// An episode's organisation named by reference, resolved to its ODS
+    /// code (the relationship rule compares ODS codes).
+    async fn resolve_episode_org(
+        &self,
+        mut facts: ResourceFacts,
+    ) -> Result<ResourceFacts, RecordsError> {
         if facts
             .episode_org
             .as_ref()
@@ -519,9 +528,10 @@ fn deny_everything(id: &str) -> ConsentRule {
     }
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    memchr::memmem::find(haystack, needle).is_some()
-}
+/// Built once: building a searcher costs more than running it over one
+/// resource, and `decide` asks once per resource disclosed.
+static SECURITY_KEY: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"security\""));
 
 impl Records {
     /// The number of matches of `parsed` the caller may see, when the store

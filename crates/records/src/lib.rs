@@ -420,6 +420,15 @@ pub fn render_searchset(
         ));
     }
     let mut bundle = render::BundleBuilder::new("searchset", outcome.total, &links);
+    // Each entry adds its resource plus about a hundred bytes of wrapping.
+    bundle.reserve(
+        outcome
+            .matches
+            .iter()
+            .chain(&outcome.included)
+            .map(|v| v.json.len() + base_url.len() + 100)
+            .sum(),
+    );
     let search = serde_json::json!({"mode": "match"});
     for v in &outcome.matches {
         bundle.entry(

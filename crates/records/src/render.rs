@@ -47,6 +47,12 @@ impl BundleBuilder {
         Self { buf, entries: 0 }
     }
 
+    /// Make room for `bytes` more, once, rather than growing (and copying)
+    /// the buffer again and again while a large page is appended.
+    pub fn reserve(&mut self, bytes: usize) {
+        self.buf.reserve(bytes);
+    }
+
     /// Append an entry: `fullUrl`, the resource's JSON bytes as stored, and
     /// further members (`search`, `request`, `response`).
     pub fn entry(
@@ -71,8 +77,7 @@ impl BundleBuilder {
         if let Some(url) = full_url {
             sep(&mut self.buf);
             self.buf.extend_from_slice(b"\"fullUrl\":");
-            self.buf
-                .extend_from_slice(&serde_json::to_vec(url).unwrap_or_default());
+            write_json(&mut self.buf, url);
         }
         if let Some(bytes) = resource.filter(|b| !b.is_empty()) {
             sep(&mut self.buf);
@@ -81,11 +86,9 @@ impl BundleBuilder {
         }
         for (key, value) in members {
             sep(&mut self.buf);
-            self.buf
-                .extend_from_slice(&serde_json::to_vec(key).unwrap_or_default());
+            write_json(&mut self.buf, key);
             self.buf.push(b':');
-            self.buf
-                .extend_from_slice(&serde_json::to_vec(value).unwrap_or_default());
+            write_json(&mut self.buf, value);
         }
         self.buf.push(b'}');
     }
@@ -97,6 +100,18 @@ impl BundleBuilder {
         }
         self.buf.push(b'}');
         self.buf
+    }
+}
+
+/// Serialise `value` onto the end of `buf` (no buffer of its own per
+/// member: a page of 500 entries made a thousand). Strings and `Value`s
+/// cannot fail to serialise; if one somehow did, the partial bytes are
+/// taken back so the Bundle is not corrupted, and the member is `null`.
+fn write_json<T: serde::Serialize + ?Sized>(buf: &mut Vec<u8>, value: &T) {
+    let len = buf.len();
+    if serde_json::to_writer(&mut *buf, value).is_err() {
+        buf.truncate(len);
+        buf.extend_from_slice(b"null");
     }
 }
 

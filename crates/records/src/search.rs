@@ -256,6 +256,12 @@ impl Records {
         detail: Option<String>,
         search_params: &[String],
     ) -> Result<(Vec<Version>, Vec<Version>), RecordsError> {
+        if included.is_empty() {
+            let shown = self
+                .disclose_many(caller, action, matches, detail, search_params)
+                .await?;
+            return Ok((shown, Vec::new()));
+        }
         let match_keys: HashSet<(String, String)> = matches
             .iter()
             .map(|v| (v.resource_type.clone(), v.id.clone()))
