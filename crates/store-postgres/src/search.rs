@@ -291,6 +291,14 @@ impl Builder {
         if scope.is_some() || window.is_some() {
             driver = None;
         }
+        // A patient's whole record (`$everything`): `current_patient` gives
+        // it in page order (`patient_key, type, id`), so it is read as that
+        // range rather than as a set of rids that would then need a sort.
+        if driver
+            .is_some_and(|i| matches!(q.clauses[i].any_of.as_slice(), [Predicate::PatientKey(_)]))
+        {
+            driver = None;
+        }
         if let Some(scope) = &scope {
             self.sql
                 .push("FROM (SELECT * FROM current WHERE rid = ANY(ARRAY(");

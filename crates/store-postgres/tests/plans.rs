@@ -322,6 +322,19 @@ async fn representative_searches_use_indexes_on_generic_plans() {
             plan.join("\n")
         );
     }
+    // A patient's whole record ($everything) in page order from one index:
+    // no sort.
+    let record = q(&[], vec![vec![Predicate::PatientKey("p1".into())]]);
+    let plan = store.explain(&record).await.unwrap();
+    assert_indexed("$everything", &plan);
+    assert!(
+        plan.iter().any(|l| l.contains("current_patient"))
+            && !plan
+                .iter()
+                .any(|l| l.trim_start().trim_start_matches("-> ").starts_with("Sort")),
+        "a patient's record is not read in order from current_patient:\n{}",
+        plan.join("\n")
+    );
     let (_, window) = cases
         .iter()
         .find(|(w, _)| w.starts_with("code+date window"))

@@ -297,6 +297,18 @@ CREATE TABLE deferred_indexes (
 );
 ";
 
+/// Version 7 (a patient's record from one index): `current_patient`
+/// carries every column a page reads, in `(type, id)` order. A patient's
+/// `$everything` (and any search driven by the patient key) then reads its
+/// rows in page order from the index alone: before, each of a 500-resource
+/// record's rows was looked up in `current` and the lot sorted, a quarter
+/// of the CPU of that request under load.
+const V7_PATIENT_RECORD_INDEX: &str = "
+DROP INDEX current_patient;
+CREATE INDEX current_patient ON current(patient_key, type, id, deleted, seq, version, last_updated)
+    WHERE patient_key IS NOT NULL;
+";
+
 /// Ordered migrations; index + 1 is the schema version it produces.
 pub(crate) const MIGRATIONS: &[&str] = &[
     V1,
@@ -305,6 +317,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     V4_PATIENT_CODES,
     V5_AUDIT_POSTINGS,
     V6_DEFERRED_INDEXES,
+    V7_PATIENT_RECORD_INDEX,
 ];
 
 /// The index tables, in the order rows are cleared on update/delete.
@@ -334,7 +347,7 @@ const SEEDED_STATS: &[(&str, &str, &str)] = &[
     ("resources", "resources_type_seq", "3000000 300000 1"),
     ("current", "current_key", "1000000 100000 1"),
     ("current", "current_live", "1000000 100000"),
-    ("current", "current_patient", "1000000 50 10"),
+    ("current", "current_patient", "1000000 50 10 1 1 1 1 1"),
     ("current", "current_updated", "1000000 100000 2"),
     ("idx_token", "idx_token_code", "10000000 200000 20 10"),
     ("idx_token", "idx_token_system", "5000000 200000 50000"),

@@ -372,6 +372,20 @@ async fn representative_searches_use_indexes() {
             plan.join("\n")
         );
     }
+    // A patient's whole record ($everything) in page order from one
+    // covering index: no row lookups, no sort.
+    let (_, record) = cases
+        .iter()
+        .find(|(w, _)| w.starts_with("$everything"))
+        .unwrap();
+    let plan = store.explain(record).await.unwrap();
+    assert!(
+        plan.iter()
+            .any(|l| l.contains("USING COVERING INDEX current_patient (patient_key=?)"))
+            && !plan.iter().any(|l| l.contains("TEMP B-TREE")),
+        "a patient's record is not read in order from current_patient:\n{}",
+        plan.join("\n")
+    );
     let (_, window) = cases
         .iter()
         .find(|(w, _)| w.starts_with("code+date window"))
