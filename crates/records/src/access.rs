@@ -557,6 +557,7 @@ impl Records {
             total: carelayer_store::TotalMode::None,
             snapshot_seq: None,
             keys_only: false,
+            bodies: None,
             sort: Vec::new(),
             ..parsed.query.clone()
         };

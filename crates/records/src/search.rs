@@ -82,6 +82,16 @@ pub struct SearchOutcome {
 const RESULT_PARAMS: &[&str] = &["_format", "_pretty"];
 
 /// Every version of a page, as `paging::Key`s.
+/// A page: its versions, the total, the next page's offset, the snapshot
+/// seq and the paging token.
+type FirstPage = (
+    Vec<Version>,
+    Option<u64>,
+    Option<usize>,
+    i64,
+    Option<String>,
+);
+
 fn keys_of(matches: &[StoredResource]) -> Vec<Key> {
     matches
         .iter()
@@ -143,55 +153,29 @@ impl Records {
                         .flatten(),
                 )
             }
+            None if count > 0
+                && parsed.page_token.is_none()
+                && parsed.query.snapshot_seq.is_none() =>
+            {
+                self.first_page(caller, &parsed).await?
+            }
             None => {
+                // A page of an earlier search whose pinned keys have expired
+                // (its link's `_snapshot` bounds it), or a count only.
                 let mut page = self.run_query(&parsed.query).await?;
                 if let Some(all) = page.total {
                     page.total = self.visible_total(caller, &parsed, all).await?;
                 }
                 let more = page.matches.len() > count && count > 0;
-                let mut token = None;
-                let mut first_page = None;
-                if more && parsed.page_token.is_none() && parsed.query.snapshot_seq.is_none() {
-                    // First page of a multi-page result: pin the keys, and
-                    // serve this page from them too, so every page comes
-                    // from one result set whatever is written meanwhile
-                    // (a `seq <= snapshot` bound would lose resources
-                    // updated or deleted between the two queries).
-                    let cap = self.options.search_snapshot_max;
-                    let keys_query = SearchQuery {
-                        offset: 0,
-                        count: cap.saturating_add(1),
-                        total: TotalMode::None,
-                        snapshot_seq: None,
-                        keys_only: true,
-                        ..parsed.query.clone()
-                    };
-                    let all = self.run_query(&keys_query).await?;
-                    let truncated = all.matches.len() > cap;
-                    let mut keys = keys_of(&all.matches);
-                    keys.truncate(cap);
-                    let end = offset.saturating_add(count).min(keys.len());
-                    first_page = Some(self.load_versions(&keys[offset.min(end)..end]).await?);
-                    token = self.snapshots.insert(
-                        self.options.search_snapshots,
-                        caller.principal.clone(),
-                        keys,
-                        truncated,
-                        page.total,
-                        page.snapshot_seq,
-                    );
-                }
-                let mut versions: Vec<Version> = match first_page {
-                    Some(pinned) => pinned,
-                    None => page.matches.into_iter().map(Version::from).collect(),
-                };
+                let mut versions: Vec<Version> =
+                    page.matches.into_iter().map(Version::from).collect();
                 versions.truncate(count);
                 (
                     versions,
                     page.total,
                     more.then_some(offset + count),
                     page.snapshot_seq,
-                    token,
+                    None,
                 )
             }
         };
@@ -243,6 +227,73 @@ impl Records {
             page_token,
             path: None,
         })
+    }
+
+    /// The first page of a search, and when more follow, its pinned keys:
+    /// every later page comes from this one result set whatever is written
+    /// meanwhile (a `seq <= snapshot` bound would lose resources updated or
+    /// deleted in between). One query gives both, bodies for this page only
+    /// ([`SearchQuery::bodies`]): a page query and then a keys query
+    /// evaluated the whole search twice, half the cost of a broad one
+    /// (`Observation?code=…&date=ge…&date=lt…` over a month).
+    async fn first_page(
+        &self,
+        caller: &Caller,
+        parsed: &ParsedSearch,
+    ) -> Result<FirstPage, RecordsError> {
+        let (offset, count) = (parsed.query.offset, parsed.count);
+        let end = offset.saturating_add(count);
+        let limit = self.options.search_snapshot_max.max(end);
+        let query = SearchQuery {
+            offset: 0,
+            count: limit.saturating_add(1),
+            keys_only: false,
+            bodies: Some(offset..end),
+            ..parsed.query.clone()
+        };
+        let mut found = self.run_query(&query).await?;
+        if let Some(all) = found.total {
+            found.total = self.visible_total(caller, parsed, all).await?;
+        }
+        let matches = found.matches.len();
+        let more = matches > end;
+        let keys = more.then(|| keys_of(&found.matches[..matches.min(limit)]));
+        let mut versions: Vec<Version> = found
+            .matches
+            .into_iter()
+            .skip(offset)
+            .take(count)
+            .map(Version::from)
+            .collect();
+        if versions.iter().any(|v| v.json.is_empty()) {
+            // A backend that returned a page match without its body.
+            let page: Vec<Key> = versions
+                .iter()
+                .map(|v| Key {
+                    resource_type: v.resource_type.clone(),
+                    id: v.id.clone(),
+                    version: v.version,
+                })
+                .collect();
+            versions = self.load_versions(&page).await?;
+        }
+        let token = keys.and_then(|keys| {
+            self.snapshots.insert(
+                self.options.search_snapshots,
+                caller.principal.clone(),
+                keys,
+                matches > limit,
+                found.total,
+                found.snapshot_seq,
+            )
+        });
+        Ok((
+            versions,
+            found.total,
+            more.then_some(end),
+            found.snapshot_seq,
+            token,
+        ))
     }
 
     /// One policy/audit pass over matches and included resources together

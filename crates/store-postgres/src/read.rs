@@ -229,7 +229,8 @@ pub(crate) async fn search(client: &Object, q: &SearchQuery) -> Result<SearchPag
         let Some(resource_type) = row.get::<_, Option<String>>(2) else {
             continue;
         };
-        let json = if q.keys_only {
+        let position = matches.len();
+        let json = if q.keys_only || q.bodies.as_ref().is_some_and(|r| !r.contains(&position)) {
             Vec::new()
         } else {
             row.get::<_, Option<Vec<u8>>>(9).ok_or_else(|| {

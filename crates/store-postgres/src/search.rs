@@ -224,11 +224,27 @@ impl Builder {
                     }
                     _ => self.sql.push(", NULL::bigint AS total"),
                 }
-                if query.keys_only {
-                    self.sql.push(", NULL::bytea AS json");
-                } else {
-                    self.sql
-                        .push(", (SELECT r.json FROM resources r WHERE r.seq = c.seq) AS json");
+                match (&query.keys_only, &query.bodies) {
+                    (true, _) => self.sql.push(", NULL::bytea AS json"),
+                    (false, None) => self
+                        .sql
+                        .push(", (SELECT r.json FROM resources r WHERE r.seq = c.seq) AS json"),
+                    (false, Some(range)) => {
+                        // The row's position in the page's own order (counted
+                        // from before OFFSET: the range is after it).
+                        let position = |n: usize| {
+                            i64::try_from(n.saturating_add(query.offset)).unwrap_or(i64::MAX)
+                        };
+                        self.sql.push(", CASE WHEN row_number() OVER (");
+                        self.order_by(&query.sort)?;
+                        self.sql.push(") BETWEEN ");
+                        self.sql.bind(position(range.start).saturating_add(1));
+                        self.sql.push(" AND ");
+                        self.sql.bind(position(range.end));
+                        self.sql.push(
+                            " THEN (SELECT r.json FROM resources r WHERE r.seq = c.seq) END AS json",
+                        );
+                    }
                 }
                 self.sql.push(" ");
             }

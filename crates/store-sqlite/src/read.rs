@@ -251,7 +251,8 @@ pub(crate) fn search(conn: &mut Connection, q: &SearchQuery) -> Result<SearchPag
         let mut stmt = tx
             .prepare_cached("SELECT json FROM resources WHERE seq = ?1")
             .map_err(sql_err)?;
-        for m in &mut matches {
+        let bodies = q.bodies.clone().unwrap_or(0..matches.len());
+        for m in matches.iter_mut().take(bodies.end).skip(bodies.start) {
             m.json = stmt.query_row([m.seq], |r| r.get(0)).map_err(sql_err)?;
         }
     }

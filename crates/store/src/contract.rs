@@ -2441,7 +2441,8 @@ pub async fn audit_head_raw_rows_checkpoints(store: &dyn Store) {
 /// Compound searches (a selective clause with broad ones, negations and
 /// `:missing` alongside) agree with their clauses' intersection whatever
 /// clause a backend drives from; `keys_only` returns the same matches and
-/// versions without JSON (or with it: returning JSON is allowed).
+/// versions without JSON (or with it: returning JSON is allowed), and
+/// `bodies` the same matches with JSON at exactly the positions asked.
 pub async fn search_compound_and_keys_only(store: &dyn Store) {
     let tok = |param: &str, code: &str| IndexEntry {
         param: param.into(),
@@ -2564,6 +2565,26 @@ pub async fn search_compound_and_keys_only(store: &dyn Store) {
     };
     assert_eq!(strip(&full), strip(&keys));
     assert_eq!(full.matches.len(), 6);
+    // `bodies`: the same matches in the same order, JSON exactly at those
+    // positions (counted after the offset), none elsewhere.
+    for (offset, bodies) in [(0, 1..3), (1, 0..2), (0, 4..9), (2, 0..0)] {
+        let some = store
+            .search(&SearchQuery {
+                offset,
+                bodies: Some(bodies.clone()),
+                ..query(&["Observation"], vec![vec![code("8867-4")]])
+            })
+            .await
+            .unwrap();
+        assert_eq!(strip(&some), strip(&full)[offset..], "offset {offset}");
+        for (i, m) in some.matches.iter().enumerate() {
+            if bodies.contains(&i) {
+                assert_eq!(m.json, full.matches[offset + i].json, "{offset}: {i}");
+            } else {
+                assert!(m.json.is_empty(), "offset {offset}: body at {i}");
+            }
+        }
+    }
 }
 
 /// "Patient X's resources with code C" finds exactly the matches, also those

@@ -44,6 +44,13 @@ pub struct SearchQuery {
     /// snapshot cheaply. Backends may ignore it (returning JSON is correct,
     /// only slower).
     pub keys_only: bool,
+    /// Return JSON only for the matches at these positions of the returned
+    /// list (the rest as with `keys_only`): one query gives a search's
+    /// first page with bodies and every key after it for the paging
+    /// snapshot, instead of a page query and a keys query that each
+    /// evaluate the whole search. `None`: every match's JSON (unless
+    /// `keys_only`). Backends must honour it.
+    pub bodies: Option<std::ops::Range<usize>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
