@@ -240,8 +240,16 @@ DROP INDEX current_patient;
 CREATE INDEX current_patient ON current (patient_key, type, id) INCLUDE (deleted, seq, version, last_updated) WHERE patient_key IS NOT NULL;
 "#;
 
+/// Version 5: a date window's short part from `idx_date_low` alone, as the
+/// SQLite backend's version 8: the index carries `high`, `type` and `rid`,
+/// which the window tests or returns for every row of its range.
+const V5: &str = r#"
+DROP INDEX idx_date_low;
+CREATE INDEX idx_date_low ON idx_date (param, low) INCLUDE (high, type, rid);
+"#;
+
 /// Ordered migrations; index + 1 is the schema version it produces.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
 
 /// The secondary indexes a bulk load into a (near-)empty database drops and
 /// builds once at its end (`bulk.rs`), as `(table, name, definition)`:
@@ -285,7 +293,11 @@ pub(crate) const DEFERRABLE_INDEXES: &[(&str, &str, &str)] = &[
     ),
     ("idx_string", "idx_string_norm", "(param, normalized)"),
     ("idx_string", "idx_string_exact", "(param, exact)"),
-    ("idx_date", "idx_date_low", "(param, low)"),
+    (
+        "idx_date",
+        "idx_date_low",
+        "(param, low) INCLUDE (high, type, rid)",
+    ),
     ("idx_date", "idx_date_high", "(param, high)"),
     (
         "idx_date",
