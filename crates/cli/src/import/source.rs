@@ -35,7 +35,10 @@ impl Input {
 }
 
 /// The files named by `paths` (folders: their top-level NDJSON and JSON
-/// files, sorted, `manifest.json` excepted).
+/// files, sorted, `manifest.json` and hidden files excepted: the import's
+/// own checkpoint, `.carelayer-import-checkpoint.json`, lies in the folder
+/// when the target is a server or PostgreSQL, and a second import of the
+/// folder read it as data and reported it rejected).
 pub(crate) fn collect(paths: &[PathBuf]) -> anyhow::Result<Vec<Input>> {
     let mut files = Vec::new();
     for path in paths {
@@ -46,7 +49,11 @@ pub(crate) fn collect(paths: &[PathBuf]) -> anyhow::Result<Vec<Input>> {
                 .with_context(|| format!("cannot list {}", path.display()))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| p.is_file() && kind_of(p).is_some())
-                .filter(|p| p.file_name().is_none_or(|n| n != "manifest.json"))
+                .filter(|p| {
+                    p.file_name().and_then(|n| n.to_str()).is_none_or(|n| {
+                        n != "manifest.json" && !n.starts_with('.')
+                    })
+                })
                 .collect();
             found.sort();
             files.extend(found);
@@ -314,4 +321,35 @@ fn json_document(bytes: Vec<u8>) -> (Vec<Item>, Option<(String, Vec<u8>)>) {
         }],
         None,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A folder's data files, not the manifest nor the import's own
+    /// checkpoint (nor other hidden files).
+    #[test]
+    fn a_folder_yields_its_data_files_only() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "Patient.ndjson",
+            "bundle.json",
+            "manifest.json",
+            ".carelayer-import-checkpoint.json",
+            ".hidden.ndjson",
+            "notes.txt",
+        ] {
+            std::fs::write(dir.path().join(name), "{}").unwrap();
+        }
+        let names: Vec<String> = collect(&[dir.path().to_owned()])
+            .unwrap()
+            .iter()
+            .map(|i| i.path.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["Patient.ndjson", "bundle.json"]);
+        // Named explicitly, a file is read whatever its name.
+        let named = collect(&[dir.path().join(".hidden.ndjson")]).unwrap();
+        assert_eq!(named.len(), 1);
+    }
 }
