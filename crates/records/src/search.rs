@@ -81,7 +81,6 @@ pub struct SearchOutcome {
 /// Parameters that shape the response rather than select resources.
 const RESULT_PARAMS: &[&str] = &["_format", "_pretty"];
 
-/// Every version of a page, as `paging::Key`s.
 /// A page: its versions, the total, the next page's offset, the snapshot
 /// seq and the paging token.
 type FirstPage = (
@@ -92,6 +91,7 @@ type FirstPage = (
     Option<String>,
 );
 
+/// Every version of a page, as `paging::Key`s.
 fn keys_of(matches: &[StoredResource]) -> Vec<Key> {
     matches
         .iter()
@@ -258,25 +258,14 @@ impl Records {
         let matches = found.matches.len();
         let more = matches > end;
         let keys = more.then(|| keys_of(&found.matches[..matches.min(limit)]));
-        let mut versions: Vec<Version> = found
+        // Backends honour `bodies` (a contract check): the page has its JSON.
+        let versions: Vec<Version> = found
             .matches
             .into_iter()
             .skip(offset)
             .take(count)
             .map(Version::from)
             .collect();
-        if versions.iter().any(|v| v.json.is_empty()) {
-            // A backend that returned a page match without its body.
-            let page: Vec<Key> = versions
-                .iter()
-                .map(|v| Key {
-                    resource_type: v.resource_type.clone(),
-                    id: v.id.clone(),
-                    version: v.version,
-                })
-                .collect();
-            versions = self.load_versions(&page).await?;
-        }
         let token = keys.and_then(|keys| {
             self.snapshots.insert(
                 self.options.search_snapshots,

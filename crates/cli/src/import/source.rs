@@ -50,9 +50,9 @@ pub(crate) fn collect(paths: &[PathBuf]) -> anyhow::Result<Vec<Input>> {
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| p.is_file() && kind_of(p).is_some())
                 .filter(|p| {
-                    p.file_name().and_then(|n| n.to_str()).is_none_or(|n| {
-                        n != "manifest.json" && !n.starts_with('.')
-                    })
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_none_or(|n| n != "manifest.json" && !n.starts_with('.'))
                 })
                 .collect();
             found.sort();
