@@ -399,14 +399,7 @@ const SEEDED_STATS: &[(&str, &str, &str)] = &[
 
 /// Write [`SEEDED_STATS`] if the database has no planner statistics yet.
 pub(crate) fn seed_planner_stats(conn: &mut Connection) -> Result<(), StoreError> {
-    let has_stats: bool = conn
-        .query_row(
-            "SELECT count(*) FROM sqlite_schema WHERE name = 'sqlite_stat1'",
-            [],
-            |r| r.get::<_, i64>(0),
-        )
-        .map_err(sql_err)?
-        > 0
+    let has_stats: bool = stat_table_exists(conn)?
         && conn
             .query_row("SELECT count(*) FROM sqlite_stat1", [], |r| {
                 r.get::<_, i64>(0)
@@ -433,6 +426,17 @@ pub(crate) fn seed_planner_stats(conn: &mut Connection) -> Result<(), StoreError
     conn.execute_batch("ANALYZE sqlite_schema")
         .map_err(sql_err)?;
     Ok(())
+}
+
+/// Whether `sqlite_stat1` exists (the first `ANALYZE` creates it).
+fn stat_table_exists(conn: &Connection) -> Result<bool, StoreError> {
+    conn.query_row(
+        "SELECT count(*) FROM sqlite_schema WHERE name = 'sqlite_stat1'",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n > 0)
+    .map_err(sql_err)
 }
 
 /// Bring the schema up to date.
@@ -482,14 +486,7 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 /// (measured rows of the current shape are left alone), and the planner
 /// reloads them.
 fn reshape_stale_stats(conn: &mut Connection) -> Result<(), StoreError> {
-    let has_table: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM sqlite_schema WHERE name = 'sqlite_stat1'",
-            [],
-            |r| r.get(0),
-        )
-        .map_err(sql_err)?;
-    if has_table == 0 {
+    if !stat_table_exists(conn)? {
         return Ok(());
     }
     let tx = conn.transaction().map_err(sql_err)?;

@@ -287,6 +287,12 @@ impl ImportFiles {
         }
     }
 
+    /// Record that the database now holds the data set `identity`.
+    fn record_imported(&self, identity: &Value) -> anyhow::Result<()> {
+        std::fs::write(&self.dataset, identity.to_string())
+            .with_context(|| format!("cannot write {}", self.dataset.display()))
+    }
+
     /// The data set a finished import left in the database, if any.
     fn imported(&self) -> anyhow::Result<Option<Value>> {
         match std::fs::read(&self.dataset) {
@@ -515,13 +521,11 @@ async fn load(
             summary.resumed_lines,
             files.checkpoint.display()
         );
-        std::fs::write(&files.dataset, data.identity.to_string())
-            .with_context(|| format!("cannot write {}", files.dataset.display()))?;
+        files.record_imported(&data.identity)?;
         return Ok(None);
     }
     if summary.rejected.is_empty() {
-        std::fs::write(&files.dataset, data.identity.to_string())
-            .with_context(|| format!("cannot write {}", files.dataset.display()))?;
+        files.record_imported(&data.identity)?;
     }
     let cpu = cpu0
         .zip(peer::cpu_seconds(pid))
