@@ -248,8 +248,19 @@ DROP INDEX idx_date_low;
 CREATE INDEX idx_date_low ON idx_date (param, low) INCLUDE (high, type, rid);
 "#;
 
+/// Version 6: a date window's long part from `idx_date_long` alone, as its
+/// short part from `idx_date_low` (version 5). Without `low`, `type` and
+/// `rid` in it, every row of the long index's range was a heap visit, and
+/// once the tables were vacuumed the planner preferred to walk the whole
+/// parameter's `idx_date_low` range index-only instead (measured: a
+/// month's window of one code 2.2 ms with this, 9.6 ms without).
+const V6: &str = r#"
+DROP INDEX idx_date_long;
+CREATE INDEX idx_date_long ON idx_date (param, high) INCLUDE (low, type, rid) WHERE low < high - 2764800000000;
+"#;
+
 /// Ordered migrations; index + 1 is the schema version it produces.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
 
 /// The secondary indexes a bulk load into a (near-)empty database drops and
 /// builds once at its end (`bulk.rs`), as `(table, name, definition)`:
@@ -302,7 +313,7 @@ pub(crate) const DEFERRABLE_INDEXES: &[(&str, &str, &str)] = &[
     (
         "idx_date",
         "idx_date_long",
-        "(param, high) WHERE low < high - 2764800000000",
+        "(param, high) INCLUDE (low, type, rid) WHERE low < high - 2764800000000",
     ),
     ("idx_number", "idx_number_value", "(param, value)"),
     ("idx_quantity", "idx_quantity_value", "(param, value)"),

@@ -57,6 +57,30 @@ impl Bindable for f64 {
 impl Bindable for String {
     const TYPE: Type = Type::TEXT;
 }
+impl Bindable for Vec<String> {
+    const TYPE: Type = Type::TEXT_ARRAY;
+}
+
+/// The ids of a clause that is nothing but `_id` tests (at least two),
+/// bound as one array: `id = ANY($n)` has one statement text for any
+/// number of ids, so it is prepared and planned once per connection, where
+/// `id = $1 OR id = $2 …` was a new statement (parsed and planned) for
+/// every count. Such clauses are common on hot paths: `$everything`'s
+/// referenced resources, `_include`, and the witnesses the hidden-link
+/// check asks for a page's hits.
+fn id_list(clause: &Clause) -> Option<Vec<String>> {
+    if clause.any_of.len() < 2 {
+        return None;
+    }
+    clause
+        .any_of
+        .iter()
+        .map(|p| match p {
+            Predicate::Id(id) => Some(id.clone()),
+            _ => None,
+        })
+        .collect()
+}
 
 /// SQL text plus its bound values and their types, in placeholder order.
 #[derive(Default)]
@@ -367,6 +391,12 @@ impl Builder {
                 self.sql.push("FALSE");
                 continue;
             }
+            if let Some(ids) = id_list(clause) {
+                let _ = write!(self.sql.text, "{c}.id = ANY(");
+                self.sql.bind(ids);
+                self.sql.push(")");
+                continue;
+            }
             self.sql.push("(");
             for (j, p) in clause.any_of.iter().enumerate() {
                 if j > 0 {
@@ -439,6 +469,17 @@ impl Builder {
         q: &SearchQuery,
         snapshot: Snapshot,
     ) -> Result<(), StoreError> {
+        if let Some(ids) = id_list(clause) {
+            let x = self.alias("x");
+            let _ = write!(
+                self.sql.text,
+                "SELECT {x}.rid FROM current {x} WHERE {x}.id = ANY("
+            );
+            self.sql.bind(ids);
+            self.sql.push(")");
+            self.only_types(&x, q, true);
+            return Ok(());
+        }
         for (i, p) in clause.any_of.iter().enumerate() {
             if i > 0 {
                 self.sql.push(" UNION ALL ");
@@ -1138,5 +1179,53 @@ mod tests {
         let one = build_search(&q, 0).unwrap_or_default();
         assert!(!one.text.contains("brien"));
         assert_eq!(one.text.matches('$').count(), one.params.len());
+    }
+
+    /// A clause of `_id`s is one statement whatever the number of ids, as
+    /// the row source and as a probe (of the candidate itself, or of a
+    /// chain's target).
+    #[test]
+    fn id_lists_have_one_statement_text_for_any_count() {
+        let ids = |n: usize| Clause {
+            any_of: (0..n).map(|i| Predicate::Id(format!("o{i}"))).collect(),
+        };
+        // 0: the ids alone (the row source); 1: beside an `_id` that
+        // drives (a probe); 2: inside a chain that is probed.
+        let of = |n: usize, shape: u8| {
+            let mut clauses = Vec::new();
+            if shape > 0 {
+                clauses.push(Clause {
+                    any_of: vec![Predicate::Id("obs".into())],
+                });
+            }
+            clauses.push(if shape == 2 {
+                Clause {
+                    any_of: vec![Predicate::Chain {
+                        param: "subject".into(),
+                        target_type: "Patient".into(),
+                        query: Box::new(SearchQuery {
+                            resource_types: vec!["Patient".into()],
+                            clauses: vec![ids(n)],
+                            ..SearchQuery::default()
+                        }),
+                    }],
+                }
+            } else {
+                ids(n)
+            });
+            let q = SearchQuery {
+                resource_types: vec!["Observation".into()],
+                clauses,
+                count: 10,
+                ..SearchQuery::default()
+            };
+            build_search(&q, 0).unwrap_or_default()
+        };
+        for shape in 0..3 {
+            let (two, nine) = (of(2, shape), of(9, shape));
+            assert_eq!(two.text, nine.text, "shape {shape}");
+            assert!(two.text.contains(".id = ANY($"), "{}", two.text);
+            assert_eq!(two.types, nine.types);
+        }
     }
 }

@@ -1670,6 +1670,36 @@ pub async fn search_types_id_patient_last_updated(store: &dyn Store) {
         .await,
         Vec::<String>::new()
     );
+    // Several ids: a disjunction, alone (across types or of one type) and
+    // beside another clause; an id that is not there matches nothing.
+    let several = |list: &[&str]| {
+        list.iter()
+            .map(|id| Predicate::Id((*id).to_owned()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ids(store, &query(&[], vec![several(&["obs2", "p1", "nope"])])).await,
+        sorted(&["obs2", "p1"])
+    );
+    assert_eq!(
+        ids(
+            store,
+            &query(&["Observation"], vec![several(&["obs1", "obs2", "p1"])])
+        )
+        .await,
+        sorted(&["obs1", "obs2"])
+    );
+    assert_eq!(
+        ids(
+            store,
+            &query(
+                &["Observation", "Condition"],
+                vec![several(&["obs1", "obs2", "cond1"]), pk().remove(0)]
+            )
+        )
+        .await,
+        sorted(&["obs1", "cond1"])
+    );
     let lu = |prefix, low, high| {
         query(
             &["Observation", "Condition", "Patient"],
