@@ -17,62 +17,44 @@ use carelayer_store_postgres::PostgresStore;
 
 const NHS: &str = "https://fhir.nhs.uk/Id/nhs-number";
 
-/// `(name, definition)` of every index, sorted.
-async fn indexes(url: &str) -> Vec<(String, String)> {
+/// The rows `sql` returns on a connection of its own to `url`.
+async fn query(
+    url: &str,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Vec<tokio_postgres::Row> {
     let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
         .unwrap();
     let task = tokio::spawn(conn);
-    let rows = client
-        .query(
-            "SELECT indexname::text, indexdef FROM pg_indexes \
-             WHERE schemaname = current_schema() ORDER BY 1",
-            &[],
-        )
-        .await
-        .unwrap();
+    let rows = client.query(sql, params).await.unwrap();
     drop(client);
     let _ = task.await;
+    rows
+}
+
+/// `(name, definition)` of every index, sorted.
+async fn indexes(url: &str) -> Vec<(String, String)> {
+    let sql = "SELECT indexname::text, indexdef FROM pg_indexes \
+               WHERE schemaname = current_schema() ORDER BY 1";
+    let rows = query(url, sql, &[]).await;
     rows.iter().map(|r| (r.get(0), r.get(1))).collect()
 }
 
 /// Tables with planner statistics.
 async fn analysed(url: &str) -> Vec<String> {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    let task = tokio::spawn(conn);
-    let rows = client
-        .query(
-            "SELECT DISTINCT tablename::text FROM pg_stats \
-             WHERE schemaname = current_schema() ORDER BY 1",
-            &[],
-        )
-        .await
-        .unwrap();
-    drop(client);
-    let _ = task.await;
+    let sql = "SELECT DISTINCT tablename::text FROM pg_stats \
+               WHERE schemaname = current_schema() ORDER BY 1";
+    let rows = query(url, sql, &[]).await;
     rows.iter().map(|r| r.get(0)).collect()
 }
 
 /// Pages of `table` the visibility map marks all-visible (what lets an
 /// index-only scan skip the heap).
 async fn all_visible_pages(url: &str, table: &str) -> i32 {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    let task = tokio::spawn(conn);
-    let pages: i32 = client
-        .query_one(
-            "SELECT relallvisible FROM pg_class WHERE oid = $1::text::regclass",
-            &[&table],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    drop(client);
-    let _ = task.await;
-    pages
+    let sql = "SELECT relallvisible FROM pg_class WHERE oid = $1::text::regclass";
+    let rows = query(url, sql, &[&table]).await;
+    rows.first().map_or(0, |r| r.get(0))
 }
 
 fn has(indexes: &[(String, String)], name: &str) -> bool {
