@@ -33,8 +33,10 @@
 //! # Concurrency
 //! Writes (resource write sets and audit appends) go to one writer thread over
 //! a channel and are answered through a oneshot after the batch commits.
-//! Reads run on a pool of read-only connections via `spawn_blocking`; WAL lets
-//! them proceed while the writer commits. A third thread checkpoints the WAL
+//! Reads run on a pool of read-only connections, searches via
+//! `spawn_blocking`, lookups of a resource or version by key on the calling
+//! task (`read::ReaderPool::run_in_place`); WAL lets them proceed while the
+//! writer commits. A third thread checkpoints the WAL
 //! so the writer never stalls on it. If the writer thread dies every call
 //! fails with `Unavailable` instead of hanging (its reply senders drop).
 //!
@@ -351,6 +353,10 @@ pub(crate) fn configure(
     Ok(())
 }
 
+/// Most keys a `read_current_many` looks up on the calling task
+/// (`read::ReaderPool::run_in_place`); more go to the blocking pool.
+const IN_PLACE_KEYS: usize = 64;
+
 /// How often the checkpointer copies the WAL back. Every commit's pages are
 /// in the WAL until then; 50 ms keeps it a few MB under full write load
 /// while a page rewritten by many commits in the interval is copied once.
@@ -470,9 +476,8 @@ impl Store for SqliteStore {
         resource_type: &str,
         id: &str,
     ) -> Result<Option<StoredResource>, StoreError> {
-        let (t, i) = (resource_type.to_owned(), id.to_owned());
         self.readers
-            .run(move |conn| read::current(conn, &t, &i))
+            .run_in_place(|conn| read::current(conn, resource_type, id))
             .await
     }
 
@@ -480,6 +485,14 @@ impl Store for SqliteStore {
         &self,
         keys: &[(String, String)],
     ) -> Result<Vec<Option<StoredResource>>, StoreError> {
+        // A few keys are a few seeks; an import batch's hundreds go to the
+        // blocking pool.
+        if keys.len() <= IN_PLACE_KEYS {
+            return self
+                .readers
+                .run_in_place(|conn| read::current_many(conn, keys))
+                .await;
+        }
         let keys = keys.to_vec();
         self.readers
             .run(move |conn| read::current_many(conn, &keys))
@@ -492,9 +505,8 @@ impl Store for SqliteStore {
         id: &str,
         version: i64,
     ) -> Result<Option<StoredResource>, StoreError> {
-        let (t, i) = (resource_type.to_owned(), id.to_owned());
         self.readers
-            .run(move |conn| read::version(conn, &t, &i, version))
+            .run_in_place(|conn| read::version(conn, resource_type, id, version))
             .await
     }
 

@@ -2,8 +2,10 @@
 //!
 //! Connections sit in a plain `std` mutex-guarded stack (held only to push or
 //! pop, never across a query or an await) behind a semaphore that bounds
-//! concurrent reads to the number of connections. Each read runs on
-//! `spawn_blocking` so SQLite's blocking calls never stall the async runtime.
+//! concurrent reads to the number of connections. Searches run on
+//! `spawn_blocking` so their blocking calls, which grow with the data,
+//! never stall the async runtime; lookups by key run in place (see
+//! [`ReaderPool::run_in_place`]).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -95,6 +97,31 @@ impl ReaderPool {
         })
         .await
         .map_err(|e| StoreError::Other(format!("read task failed: {e}")))?
+    }
+
+    /// Run `f` on a reader connection on the calling task itself, not on
+    /// the blocking pool. Only for lookups of a few index seeks whatever
+    /// the database holds (a resource by type and id, a version, a short
+    /// list of them): a search's cost grows with its matches, so searches
+    /// keep [`Self::run`].
+    ///
+    /// Why: handing a read to a blocking-pool thread and back is two thread
+    /// wake-ups, which cost more than the lookup. At 10,000 patients reads
+    /// measured 14,300–14,900/s handed off and 23,400–23,900/s run in place
+    /// (kernel scheduling was half the profile; docs/benchmarks.md,
+    /// session 9). The price: a lookup whose pages are not in memory
+    /// stalls this worker thread for the disk read (as a fault on a mapped
+    /// page would stall any thread); the runtime's other workers take its
+    /// queued tasks meanwhile.
+    pub(crate) async fn run_in_place<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&mut Connection) -> Result<T, StoreError>,
+    {
+        let _permit = self.permits.acquire().await.map_err(|_| gone())?;
+        let mut conn = self.take()?;
+        let result = f(&mut conn);
+        self.put(conn);
+        result
     }
 
     pub(crate) fn close(&self) {

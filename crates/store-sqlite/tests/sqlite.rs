@@ -361,6 +361,22 @@ async fn a_closed_store_is_unavailable_not_hung() {
         store.read_current("Patient", "p1").await,
         Err(StoreError::Unavailable(_))
     ));
+    // Lookups by key run on the caller's task, searches on the blocking
+    // pool: both paths answer alike once closed.
+    assert!(matches!(
+        store.read_version("Patient", "p1", 1).await,
+        Err(StoreError::Unavailable(_))
+    ));
+    assert!(matches!(
+        store
+            .read_current_many(&[("Patient".into(), "p1".into())])
+            .await,
+        Err(StoreError::Unavailable(_))
+    ));
+    assert!(matches!(
+        store.search(&SearchQuery::default()).await,
+        Err(StoreError::Unavailable(_))
+    ));
     store.close().await; // idempotent
 }
 
