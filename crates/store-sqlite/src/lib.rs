@@ -33,9 +33,11 @@
 //! # Concurrency
 //! Writes (resource write sets and audit appends) go to one writer thread over
 //! a channel and are answered through a oneshot after the batch commits.
-//! Reads run on a pool of read-only connections, searches via
-//! `spawn_blocking`, lookups of a resource or version by key on the calling
-//! task (`read::ReaderPool::run_in_place`); WAL lets them proceed while the
+//! Reads run on a pool of read-only connections, on the calling task:
+//! lookups by key always (`read::ReaderPool::run_in_place`), searches and
+//! history while they stay within a budget, past which they are
+//! interrupted and run again via `spawn_blocking`
+//! (`read::ReaderPool::run_budgeted`); WAL lets them proceed while the
 //! writer commits. A third thread checkpoints the WAL
 //! so the writer never stalls on it. If the writer thread dies every call
 //! fails with `Unavailable` instead of hanging (its reply senders drop).
@@ -128,6 +130,11 @@ pub struct SqliteOptions {
     /// error on a mapped page is a signal that ends the process rather
     /// than an error returned to one request.
     pub mmap_bytes: i64,
+    /// Longest a search or history read runs on the request's own task
+    /// before it is interrupted and run again on the blocking pool (see
+    /// `read::ReaderPool::run_budgeted`). Zero hands every one that reaches
+    /// SQLite's first progress check over.
+    pub in_place_budget: Duration,
 }
 
 impl Default for SqliteOptions {
@@ -144,6 +151,7 @@ impl Default for SqliteOptions {
             // 1 TiB: the whole file, for any database this machine holds
             // (the build's `SQLITE_MAX_MMAP_SIZE`, .cargo/config.toml).
             mmap_bytes: 1 << 40,
+            in_place_budget: Duration::from_millis(1),
         }
     }
 }
@@ -289,6 +297,15 @@ impl SqliteStore {
         self.readers
             .run(move |conn| read::explain(conn, &query))
             .await
+    }
+
+    /// How many searches and history reads outgrew
+    /// `SqliteOptions::in_place_budget` and were run again on the blocking
+    /// pool since the store opened: many means the budget is too small for
+    /// this data, and each of them paid the budget twice over.
+    #[must_use]
+    pub fn reads_handed_off(&self) -> u64 {
+        self.readers.handed_off()
     }
 
     async fn submit<T>(
@@ -512,12 +529,16 @@ impl Store for SqliteStore {
 
     async fn history(&self, query: &HistoryQuery) -> Result<Vec<StoredResource>, StoreError> {
         let q = query.clone();
-        self.readers.run(move |conn| read::history(conn, &q)).await
+        self.readers
+            .run_budgeted(move |conn| read::history(conn, &q))
+            .await
     }
 
     async fn search(&self, query: &SearchQuery) -> Result<SearchPage, StoreError> {
         let q = query.clone();
-        self.readers.run(move |conn| read::search(conn, &q)).await
+        self.readers
+            .run_budgeted(move |conn| read::search(conn, &q))
+            .await
     }
 
     async fn commit(&self, writes: WriteSet) -> Result<CommitReceipt, StoreError> {

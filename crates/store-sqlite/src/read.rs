@@ -2,14 +2,17 @@
 //!
 //! Connections sit in a plain `std` mutex-guarded stack (held only to push or
 //! pop, never across a query or an await) behind a semaphore that bounds
-//! concurrent reads to the number of connections. Searches run on
-//! `spawn_blocking` so their blocking calls, which grow with the data,
-//! never stall the async runtime; lookups by key run in place (see
-//! [`ReaderPool::run_in_place`]).
+//! concurrent reads to the number of connections. Lookups by key run on
+//! the calling task ([`ReaderPool::run_in_place`]); searches and history
+//! too, up to a time budget, past which they are run again on
+//! `spawn_blocking` so that a long one never holds an async worker
+//! ([`ReaderPool::run_budgeted`]).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use carelayer_store::{
     HistoryQuery, HistoryScope, SearchPage, SearchQuery, StoreError, StoredResource, TotalMode,
@@ -22,11 +25,15 @@ use crate::error::{gone, sql_err};
 use crate::search::{Shape, build};
 use crate::{SqliteOptions, configure, reader_flags};
 
+/// Virtual-machine steps between two looks at the clock.
+const PROGRESS_STEPS: std::ffi::c_int = 1_000;
+
 pub(crate) struct ReaderPool {
     path: PathBuf,
     options: SqliteOptions,
     idle: Mutex<Vec<Connection>>,
     permits: Arc<Semaphore>,
+    handed_off: std::sync::atomic::AtomicU64,
 }
 
 impl ReaderPool {
@@ -37,6 +44,7 @@ impl ReaderPool {
             options,
             idle: Mutex::new(Vec::with_capacity(n)),
             permits: Arc::new(Semaphore::new(n)),
+            handed_off: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -122,6 +130,65 @@ impl ReaderPool {
         let result = f(&mut conn);
         self.put(conn);
         result
+    }
+
+    /// Run `f` on the calling task while it stays within
+    /// `SqliteOptions::in_place_budget`, else on the blocking pool: for reads whose cost
+    /// depends on the data (searches, history). SQLite calls a progress
+    /// handler every [`PROGRESS_STEPS`] virtual-machine steps; past the
+    /// budget it interrupts the statement and `f` runs again from the start
+    /// on the blocking pool (a read, so running it twice changes nothing).
+    ///
+    /// Why: most searches take tens to hundreds of microseconds, less than
+    /// the two thread hand-offs of the blocking pool (see
+    /// [`Self::run_in_place`]), but some take hundreds of milliseconds
+    /// (a month of one code across a population) and must not hold one of
+    /// the runtime's few workers that long. The budget bounds what an async
+    /// worker can be held for; a search that outgrows it wastes at most the
+    /// budget.
+    pub(crate) async fn run_budgeted<T, F>(self: &Arc<Self>, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Fn(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        {
+            let _permit = self.permits.acquire().await.map_err(|_| gone())?;
+            let mut conn = self.take()?;
+            let over = Arc::new(AtomicBool::new(false));
+            let flag = Arc::clone(&over);
+            let start = Instant::now();
+            let budget = self.options.in_place_budget;
+            conn.progress_handler(
+                PROGRESS_STEPS,
+                Some(move || {
+                    let past = start.elapsed() >= budget;
+                    if past {
+                        flag.store(true, Ordering::Relaxed);
+                    }
+                    past
+                }),
+            );
+            let result = f(&mut conn);
+            conn.progress_handler(0, None::<fn() -> bool>);
+            // An interrupt can land in the rollback of `f`'s transaction
+            // too: a connection still inside one is not reused.
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            if conn.is_autocommit() {
+                self.put(conn);
+            }
+            if !over.load(Ordering::Relaxed) {
+                return result;
+            }
+        }
+        self.handed_off.fetch_add(1, Ordering::Relaxed);
+        self.run(move |conn| f(conn)).await
+    }
+
+    /// Reads that outgrew the in-place budget ([`Self::run_budgeted`]).
+    pub(crate) fn handed_off(&self) -> u64 {
+        self.handed_off.load(Ordering::Relaxed)
     }
 
     pub(crate) fn close(&self) {

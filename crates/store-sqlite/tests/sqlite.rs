@@ -341,6 +341,63 @@ async fn reopen_keeps_data_and_continues_the_chain() {
     store.close().await;
 }
 
+/// A search that outgrows the in-place budget is interrupted and run again
+/// on the blocking pool, with the same answer as one that fits it.
+#[tokio::test]
+async fn a_search_past_the_in_place_budget_is_run_again_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    let store = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
+    let patients: Vec<ResourceWrite> = (0..300).map(|i| patient(&format!("p{i:03}"))).collect();
+    store
+        .commit(WriteSet {
+            resources: patients,
+            ..WriteSet::default()
+        })
+        .await
+        .unwrap();
+    let mut query = one(
+        &["Patient"],
+        index("family", IndexTest::StringStartsWith("smi".into())),
+    );
+    query.count = 500;
+    query.total = carelayer_store::TotalMode::Accurate;
+    let ids = |page: carelayer_store::SearchPage| {
+        (
+            page.total,
+            page.matches.into_iter().map(|m| m.id).collect::<Vec<_>>(),
+        )
+    };
+    let fitting = ids(store.search(&query).await.unwrap());
+    store.close().await;
+
+    // No budget: every search long enough to reach SQLite's first progress
+    // check (this one, over 300 rows) is handed over.
+    let options = SqliteOptions {
+        in_place_budget: std::time::Duration::ZERO,
+        ..SqliteOptions::default()
+    };
+    let store = SqliteStore::open(&path, options).unwrap();
+    let handed_over = ids(store.search(&query).await.unwrap());
+    assert_eq!(store.reads_handed_off(), 1);
+    assert_eq!(handed_over, fitting);
+    assert_eq!(handed_over.1.len(), 300);
+    assert_eq!(handed_over.0, Some(300));
+    // The interrupted connection went back to the pool usable.
+    for _ in 0..3 {
+        assert_eq!(ids(store.search(&query).await.unwrap()), fitting);
+        assert!(
+            store
+                .read_current("Patient", "p007")
+                .await
+                .unwrap()
+                .is_some()
+        );
+    }
+    assert_eq!(store.reads_handed_off(), 4);
+    store.close().await;
+}
+
 #[tokio::test]
 async fn a_closed_store_is_unavailable_not_hung() {
     let dir = tempfile::tempdir().unwrap();
