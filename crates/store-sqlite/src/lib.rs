@@ -493,8 +493,9 @@ impl Store for SqliteStore {
         resource_type: &str,
         id: &str,
     ) -> Result<Option<StoredResource>, StoreError> {
+        let (t, i) = (resource_type.to_owned(), id.to_owned());
         self.readers
-            .run_in_place(|conn| read::current(conn, resource_type, id))
+            .run_in_place(move |conn| read::current(conn, &t, &i))
             .await
     }
 
@@ -505,9 +506,10 @@ impl Store for SqliteStore {
         // A few keys are a few seeks; an import batch's hundreds go to the
         // blocking pool.
         if keys.len() <= IN_PLACE_KEYS {
+            let keys = keys.to_vec();
             return self
                 .readers
-                .run_in_place(|conn| read::current_many(conn, keys))
+                .run_in_place(move |conn| read::current_many(conn, &keys))
                 .await;
         }
         let keys = keys.to_vec();
@@ -522,8 +524,9 @@ impl Store for SqliteStore {
         id: &str,
         version: i64,
     ) -> Result<Option<StoredResource>, StoreError> {
+        let (t, i) = (resource_type.to_owned(), id.to_owned());
         self.readers
-            .run_in_place(|conn| read::version(conn, resource_type, id, version))
+            .run_in_place(move |conn| read::version(conn, &t, &i, version))
             .await
     }
 

@@ -34,7 +34,22 @@ pub(crate) struct ReaderPool {
     idle: Mutex<Vec<Connection>>,
     permits: Arc<Semaphore>,
     handed_off: std::sync::atomic::AtomicU64,
+    /// Reads go to the blocking pool until this many micros after `epoch`.
+    pooled_until: std::sync::atomic::AtomicU64,
+    epoch: Instant,
 }
+
+/// How long every read goes to the blocking pool after one stalled (see
+/// [`ReaderPool::note_slow`]).
+const POOLED_FOR_MICROS: u64 = 1_000_000;
+
+/// A read on the calling task that took this long (not counting opening
+/// a connection) stalled: on disk reads (a cold page cache behind a busy
+/// disk), not on work. Far above the in-place budget, and above what being
+/// preempted costs on a loaded machine: at 1 ms reads went to the pool
+/// most of the time (reads at 10,000 patients back down to
+/// 14,800–15,500/s), at 10 ms still often (16,900–17,900/s).
+const STALL: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl ReaderPool {
     pub(crate) fn new(path: PathBuf, options: SqliteOptions) -> Self {
@@ -45,6 +60,8 @@ impl ReaderPool {
             idle: Mutex::new(Vec::with_capacity(n)),
             permits: Arc::new(Semaphore::new(n)),
             handed_off: std::sync::atomic::AtomicU64::new(0),
+            pooled_until: std::sync::atomic::AtomicU64::new(0),
+            epoch: Instant::now(),
         }
     }
 
@@ -111,25 +128,54 @@ impl ReaderPool {
     /// the blocking pool. Only for lookups of a few index seeks whatever
     /// the database holds (a resource by type and id, a version, a short
     /// list of them): a search's cost grows with its matches, so searches
-    /// keep [`Self::run`].
+    /// go through [`Self::run_budgeted`].
     ///
     /// Why: handing a read to a blocking-pool thread and back is two thread
     /// wake-ups, which cost more than the lookup. At 10,000 patients reads
     /// measured 14,300–14,900/s handed off and 23,400–23,900/s run in place
     /// (kernel scheduling was half the profile; docs/benchmarks.md,
     /// session 9). The price: a lookup whose pages are not in memory
-    /// stalls this worker thread for the disk read (as a fault on a mapped
-    /// page would stall any thread); the runtime's other workers take its
-    /// queued tasks meanwhile.
-    pub(crate) async fn run_in_place<T, F>(&self, f: F) -> Result<T, StoreError>
+    /// stalls this worker thread for the disk read. So a lookup that
+    /// stalled ([`STALL`]) sends every read to the blocking pool for a
+    /// while ([`Self::note_slow`]): with a cold page cache and a
+    /// busy disk, reads run as they did before, many at once on the pool,
+    /// and the async workers stay free.
+    pub(crate) async fn run_in_place<T, F>(self: &Arc<Self>, f: F) -> Result<T, StoreError>
     where
-        F: FnOnce(&mut Connection) -> Result<T, StoreError>,
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        if self.pooled_now() {
+            return self.run(f).await;
+        }
         let _permit = self.permits.acquire().await.map_err(|_| gone())?;
+        // Timed from here: opening a new connection is not a stall.
         let mut conn = self.take()?;
+        let start = Instant::now();
         let result = f(&mut conn);
         self.put(conn);
+        if start.elapsed() >= STALL {
+            self.note_slow();
+        }
         result
+    }
+
+    /// Micros since `epoch` now.
+    fn now_micros(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether reads go to the blocking pool for now (see
+    /// [`Self::note_slow`]).
+    fn pooled_now(&self) -> bool {
+        self.now_micros() < self.pooled_until.load(Ordering::Relaxed)
+    }
+
+    /// A read on the calling task stalled: for [`POOLED_FOR_MICROS`], every
+    /// read runs on the blocking pool.
+    fn note_slow(&self) {
+        let until = self.now_micros().saturating_add(POOLED_FOR_MICROS);
+        self.pooled_until.fetch_max(until, Ordering::Relaxed);
     }
 
     /// Run `f` on the calling task while it stays within
@@ -145,13 +191,14 @@ impl ReaderPool {
     /// (a month of one code across a population) and must not hold one of
     /// the runtime's few workers that long. The budget bounds what an async
     /// worker can be held for; a search that outgrows it wastes at most the
-    /// budget.
+    /// budget. One that stalled ([`STALL`]) also sends every read to the
+    /// pool for a while ([`Self::note_slow`]).
     pub(crate) async fn run_budgeted<T, F>(self: &Arc<Self>, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: Fn(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        {
+        if !self.pooled_now() {
             let _permit = self.permits.acquire().await.map_err(|_| gone())?;
             let mut conn = self.take()?;
             let over = Arc::new(AtomicBool::new(false));
@@ -181,8 +228,11 @@ impl ReaderPool {
             if !over.load(Ordering::Relaxed) {
                 return result;
             }
+            self.handed_off.fetch_add(1, Ordering::Relaxed);
+            if start.elapsed() >= STALL {
+                self.note_slow();
+            }
         }
-        self.handed_off.fetch_add(1, Ordering::Relaxed);
         self.run(move |conn| f(conn)).await
     }
 
@@ -449,5 +499,43 @@ mod tests {
             .unwrap();
         assert_eq!(mapped, options.mmap_bytes);
         assert!(mapped > 2 << 30);
+    }
+
+    /// After a stall every read goes to the blocking pool for a while, then
+    /// back to the calling task; a read that did not stall changes nothing.
+    #[tokio::test]
+    async fn a_stall_sends_reads_to_the_pool_for_a_while() {
+        let dir = tempfile::tempdir().unwrap();
+        // Readers open read-only: the file must exist.
+        Connection::open(dir.path().join("c.db"))
+            .unwrap()
+            .execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t (x)")
+            .unwrap();
+        let pool = std::sync::Arc::new(super::ReaderPool::new(
+            dir.path().join("c.db"),
+            SqliteOptions::default(),
+        ));
+        assert!(!pool.pooled_now());
+        pool.note_slow();
+        assert!(pool.pooled_now());
+        // Reads still answer while pooled.
+        let one: i64 = pool
+            .run_in_place(|conn| {
+                conn.query_row("SELECT 1", [], |r| r.get(0))
+                    .map_err(super::sql_err)
+            })
+            .await
+            .unwrap();
+        assert_eq!(one, 1);
+        pool.pooled_until
+            .store(pool.now_micros(), std::sync::atomic::Ordering::Relaxed);
+        assert!(!pool.pooled_now());
+        pool.run_in_place(|conn| {
+            conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
+                .map_err(super::sql_err)
+        })
+        .await
+        .unwrap();
+        assert!(!pool.pooled_now(), "a quick read does not pool");
     }
 }

@@ -383,7 +383,8 @@ async fn a_search_past_the_in_place_budget_is_run_again_whole() {
     assert_eq!(handed_over, fitting);
     assert_eq!(handed_over.1.len(), 300);
     assert_eq!(handed_over.0, Some(300));
-    // The interrupted connection went back to the pool usable.
+    // Each one is interrupted and handed over again, with the same answer;
+    // the interrupted connection went back to the pool usable.
     for _ in 0..3 {
         assert_eq!(ids(store.search(&query).await.unwrap()), fitting);
         assert!(
