@@ -101,8 +101,9 @@ pub(crate) async fn prepare(pool: &Pool, expected: u64) -> Result<bool, StoreErr
 
 /// Build every deferrable index that is missing, on [`BUILDERS`]
 /// connections at once, then analyse (and vacuum, see [`statistics_of`])
-/// the tables they are on (their statistics are as stale as their indexes:
-/// a deferred load analyses nothing until it ends). Returns how many indexes it built.
+/// the tables they are on (their statistics are as stale as their
+/// indexes: a deferred load analyses nothing until it ends). Returns how
+/// many indexes it built.
 pub(crate) async fn build_missing(pool: &Pool) -> Result<usize, StoreError> {
     // No pool wait limit: a background `ANALYZE` may hold a connection for
     // longer than a request would wait, and this must not fail for that.

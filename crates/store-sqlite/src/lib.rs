@@ -505,17 +505,14 @@ impl Store for SqliteStore {
     ) -> Result<Vec<Option<StoredResource>>, StoreError> {
         // A few keys are a few seeks; an import batch's hundreds go to the
         // blocking pool.
-        if keys.len() <= IN_PLACE_KEYS {
-            let keys = keys.to_vec();
-            return self
-                .readers
-                .run_in_place(move |conn| read::current_many(conn, &keys))
-                .await;
-        }
+        let in_place = keys.len() <= IN_PLACE_KEYS;
         let keys = keys.to_vec();
-        self.readers
-            .run(move |conn| read::current_many(conn, &keys))
-            .await
+        let lookup = move |conn: &mut Connection| read::current_many(conn, &keys);
+        if in_place {
+            self.readers.run_in_place(lookup).await
+        } else {
+            self.readers.run(lookup).await
+        }
     }
 
     async fn read_version(

@@ -10,7 +10,7 @@
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -33,9 +33,9 @@ pub(crate) struct ReaderPool {
     options: SqliteOptions,
     idle: Mutex<Vec<Connection>>,
     permits: Arc<Semaphore>,
-    handed_off: std::sync::atomic::AtomicU64,
+    handed_off: AtomicU64,
     /// Reads go to the blocking pool until this many micros after `epoch`.
-    pooled_until: std::sync::atomic::AtomicU64,
+    pooled_until: AtomicU64,
     epoch: Instant,
 }
 
@@ -59,8 +59,8 @@ impl ReaderPool {
             options,
             idle: Mutex::new(Vec::with_capacity(n)),
             permits: Arc::new(Semaphore::new(n)),
-            handed_off: std::sync::atomic::AtomicU64::new(0),
-            pooled_until: std::sync::atomic::AtomicU64::new(0),
+            handed_off: AtomicU64::new(0),
+            pooled_until: AtomicU64::new(0),
             epoch: Instant::now(),
         }
     }
@@ -93,9 +93,19 @@ impl ReaderPool {
         }
     }
 
+    /// Back to the stack, unless the pool is closed or the connection is
+    /// still inside a transaction it cannot leave (an interrupt, see
+    /// [`Self::run_budgeted`], can land in the rollback of a read's
+    /// transaction too): the next read would fail to begin its own.
     fn put(&self, conn: Connection) {
         if self.permits.is_closed() {
             return;
+        }
+        if !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
+            if !conn.is_autocommit() {
+                return;
+            }
         }
         if let Ok(mut idle) = self.idle.lock() {
             idle.push(conn);
@@ -217,14 +227,7 @@ impl ReaderPool {
             );
             let result = f(&mut conn);
             conn.progress_handler(0, None::<fn() -> bool>);
-            // An interrupt can land in the rollback of `f`'s transaction
-            // too: a connection still inside one is not reused.
-            if !conn.is_autocommit() {
-                let _ = conn.execute_batch("ROLLBACK");
-            }
-            if conn.is_autocommit() {
-                self.put(conn);
-            }
+            self.put(conn);
             if !over.load(Ordering::Relaxed) {
                 return result;
             }
@@ -233,7 +236,7 @@ impl ReaderPool {
                 self.note_slow();
             }
         }
-        self.run(move |conn| f(conn)).await
+        self.run(f).await
     }
 
     /// Reads that outgrew the in-place budget ([`Self::run_budgeted`]).
