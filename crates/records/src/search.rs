@@ -965,7 +965,10 @@ fn parse_value(
             };
             vec![index(match modifier {
                 None => IndexTest::StringStartsWith(norm(value)),
-                Some("exact") => IndexTest::StringExact(value.to_owned()),
+                Some("exact") => IndexTest::StringExact {
+                    normalized: norm(value),
+                    exact: value.to_owned(),
+                },
                 Some("contains") => IndexTest::StringContains(norm(value)),
                 _ => return Err(unsupported_modifier()),
             })]

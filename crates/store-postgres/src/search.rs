@@ -845,9 +845,11 @@ impl Builder {
             }
             IndexTest::TokenText(t) => self.prefix(&format!("{x}.text"), t),
             IndexTest::StringStartsWith(s) => self.prefix(&format!("{x}.normalized"), s),
-            IndexTest::StringExact(s) => {
-                let _ = write!(self.sql.text, "{x}.exact = ");
-                self.sql.bind(s.clone());
+            IndexTest::StringExact { normalized, exact } => {
+                let _ = write!(self.sql.text, "{x}.normalized = ");
+                self.sql.bind(normalized.clone());
+                let _ = write!(self.sql.text, " AND {x}.exact = ");
+                self.sql.bind(exact.clone());
             }
             IndexTest::StringContains(s) => {
                 let _ = write!(self.sql.text, "strpos({x}.normalized, ");

@@ -131,7 +131,13 @@ async fn searches_use_indexes() {
             "string exact",
             one(
                 &["Patient"],
-                index("name", IndexTest::StringExact("Smith".into())),
+                index(
+                    "name",
+                    IndexTest::StringExact {
+                        normalized: "smith".into(),
+                        exact: "Smith".into(),
+                    },
+                ),
             ),
         ),
         (

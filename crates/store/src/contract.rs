@@ -1060,17 +1060,35 @@ pub async fn search_token_string_uri_reference(store: &dyn Store) {
         ),
         (
             "string exact",
-            vec![vec![index("name", IndexTest::StringExact("Smith".into()))]],
+            vec![vec![index(
+                "name",
+                IndexTest::StringExact {
+                    normalized: "smith".into(),
+                    exact: "Smith".into(),
+                },
+            )]],
             vec!["p1"],
         ),
         (
             "string exact accents",
-            vec![vec![index("name", IndexTest::StringExact("Jönes".into()))]],
+            vec![vec![index(
+                "name",
+                IndexTest::StringExact {
+                    normalized: "jones".into(),
+                    exact: "Jönes".into(),
+                },
+            )]],
             vec!["p3"],
         ),
         (
             "string exact case",
-            vec![vec![index("name", IndexTest::StringExact("smith".into()))]],
+            vec![vec![index(
+                "name",
+                IndexTest::StringExact {
+                    normalized: "smith".into(),
+                    exact: "smith".into(),
+                },
+            )]],
             vec![],
         ),
         (

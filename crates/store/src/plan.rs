@@ -137,7 +137,7 @@ fn predicate_cost(p: &Predicate) -> u8 {
         Predicate::PatientKey(_) => 3,
         Predicate::Index { param, test } => match test {
             IndexTest::Token { .. } if param == "identifier" || param.ends_with(":identifier") => 1,
-            IndexTest::StringExact(_) | IndexTest::ReferenceUrl(_) | IndexTest::Uri(_) => 2,
+            IndexTest::StringExact { .. } | IndexTest::ReferenceUrl(_) | IndexTest::Uri(_) => 2,
             IndexTest::Reference { .. } => 2,
             IndexTest::Token { .. } | IndexTest::Composite(_) => 4,
             IndexTest::StringStartsWith(s) if s.chars().count() >= 3 => 5,
@@ -169,7 +169,7 @@ pub fn index_table(test: &IndexTest) -> Result<&'static str, StoreError> {
             "idx_token"
         }
         IndexTest::StringStartsWith(_)
-        | IndexTest::StringExact(_)
+        | IndexTest::StringExact { .. }
         | IndexTest::StringContains(_) => "idx_string",
         IndexTest::Date { .. } => "idx_date",
         IndexTest::Number { .. } => "idx_number",

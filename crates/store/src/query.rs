@@ -126,7 +126,15 @@ pub enum IndexTest {
     TokenText(String),
     /// Normalised prefix match (default string search).
     StringStartsWith(String),
-    StringExact(String),
+    /// `:exact`: the value as written, with the normalised form the
+    /// indexer stored beside it (`normalized`, what a default search
+    /// compares): both stores keep one string index on `(param,
+    /// normalized, exact)`, which finds an exact value as one key, instead
+    /// of a second index on `(param, exact)` that every string row paid for.
+    StringExact {
+        normalized: String,
+        exact: String,
+    },
     /// Normalised substring.
     StringContains(String),
     /// The search value as a range `[low, high]` (microseconds, inclusive).
