@@ -347,6 +347,13 @@ async fn parameter_types_modifiers_and_prefixes() {
             vec!["a", "b", "c", "d"],
         ),
         ("Patient?_lastUpdated=lt2000-01-01".into(), vec![]),
+        // Held on the current version, not as index rows: every resource
+        // has one.
+        (
+            "Patient?_lastUpdated:missing=false".into(),
+            vec!["a", "b", "c", "d"],
+        ),
+        ("Patient?_lastUpdated:missing=true".into(), vec![]),
         ("Patient?_list=l1".into(), vec!["a", "c"]),
         ("Patient?_security=R".into(), vec!["d"]),
         // multiple values OR, repeated params AND

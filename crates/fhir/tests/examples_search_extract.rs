@@ -57,7 +57,15 @@ const EXPECTED_UNSUPPORTED: &[(&str, &str)] = &[
     ),
 ];
 
+/// The unpacked package, located (or fetched) once per test binary: tests
+/// running in parallel threads share a process id, so each fetching on its
+/// own raced in the same `fetch-<pid>` folder on a fresh clone.
 fn package_dir() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(locate_or_fetch_package).clone()
+}
+
+fn locate_or_fetch_package() -> PathBuf {
     if let Ok(dir) = std::env::var("CARELAYER_FHIR_PACKAGE") {
         let dir = PathBuf::from(dir);
         assert!(

@@ -767,6 +767,28 @@ pub(crate) fn filter_clauses(
                 any_of: values.into_iter().map(Predicate::Id).collect(),
             }]);
         }
+        // Every resource has one (the server stamps it); it is held on
+        // `current`, not as index rows (`search::HELD_ON_CURRENT`).
+        "_lastUpdated" if modifier == Some("missing") => {
+            let missing = match value {
+                "true" => true,
+                "false" => false,
+                _ => {
+                    return Err(RecordsError::BadRequest(format!(
+                        "{name} must be true or false, not '{value}'"
+                    )));
+                }
+            };
+            // After the earliest instant: every resource; before it: none.
+            let prefix = if missing { Prefix::Lt } else { Prefix::Gt };
+            return Ok(vec![Clause {
+                any_of: vec![Predicate::LastUpdated {
+                    prefix,
+                    low: i64::MIN,
+                    high: i64::MIN,
+                }],
+            }]);
+        }
         "_lastUpdated" if modifier.is_none() => {
             let any_of = values
                 .iter()

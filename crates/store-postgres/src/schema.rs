@@ -271,8 +271,16 @@ DROP INDEX idx_string_norm;
 CREATE INDEX idx_string_norm ON idx_string (param, normalized, exact);
 "#;
 
+/// Version 8 (`_lastUpdated` off the index tables): its searches read
+/// `current.last_updated`, and the indexer no longer writes its rows
+/// (`carelayer_fhir::search::HELD_ON_CURRENT`); the rows written before
+/// are dead weight in `idx_date` and its indexes.
+const V8: &str = r#"
+DELETE FROM idx_date WHERE param = '_lastUpdated';
+"#;
+
 /// Ordered migrations; index + 1 is the schema version it produces.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8];
 
 /// The secondary indexes a bulk load into a (near-)empty database drops and
 /// builds once at its end (`bulk.rs`), as `(table, name, definition)`:

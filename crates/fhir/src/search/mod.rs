@@ -50,7 +50,7 @@ pub use date::date_range;
 pub use extract::{IDENTIFIER_SUFFIX, ISO_4217, OF_TYPE_SUFFIX};
 pub use index::{IndexEntry, IndexValue};
 pub use registry::{
-    ComponentDef, POSTCODE_PARAM, SearchParamDef, SearchParamType, SearchParams,
+    ComponentDef, HELD_ON_CURRENT, POSTCODE_PARAM, SearchParamDef, SearchParamType, SearchParams,
     compartment_params, extract_index, item_values, patient_compartment_owner, registry,
     unsupported_params,
 };

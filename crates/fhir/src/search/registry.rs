@@ -467,6 +467,9 @@ impl SearchParams {
         let mut vals = Vec::new();
         let mut derived = Vec::new();
         for c in &ix.compiled {
+            if HELD_ON_CURRENT.contains(&self.defs[c.def].code.as_str()) {
+                continue;
+            }
             vals.clear();
             derived.clear();
             self.evaluate_param_with(c, resource, &mut vals, Some(&mut derived));
@@ -543,6 +546,13 @@ impl SearchParams {
         None
     }
 }
+
+/// Parameters every resource has, whose searches read the store's own
+/// column for them (`_lastUpdated`: the current version's `last_updated`),
+/// so [`SearchParams::extract`] leaves them out of the index rows: each
+/// would be one more row, and two more B-tree inserts, for every resource
+/// written. `records` answers every form of them without index rows.
+pub const HELD_ON_CURRENT: &[&str] = &["_lastUpdated"];
 
 /// Index rows of `resource` for all its type's supported parameters.
 pub fn extract_index(resource: &Value) -> Vec<IndexEntry> {
