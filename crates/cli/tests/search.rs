@@ -342,6 +342,12 @@ async fn parameter_types_modifiers_and_prefixes() {
         ),
         // _id, _lastUpdated, _list, _security
         ("Patient?_id=a,c".into(), vec!["a", "c"]),
+        // `_id` is held on the current version, not as index rows; its
+        // modifiers are answered from there.
+        ("Patient?_id:not=a,c".into(), vec!["b", "d"]),
+        ("Patient?_id:not=a&gender=female".into(), vec!["c"]),
+        ("Patient?_id:missing=false".into(), vec!["a", "b", "c", "d"]),
+        ("Patient?_id:missing=true".into(), vec![]),
         (
             "Patient?_lastUpdated=gt2000-01-01".into(),
             vec!["a", "b", "c", "d"],
@@ -616,6 +622,9 @@ async fn includes_sorting_and_result_control() {
     s.get("Observation?_content=%21%2D%21")
         .await
         .expect_outcome(400, "invalid", Some("no words"));
+    s.get("Patient?_id:text=a")
+        .await
+        .expect_outcome(400, "invalid", Some("_id takes no modifier"));
     let r = s
         .get_h(
             "Patient?nonsense=1&family=smith",

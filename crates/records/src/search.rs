@@ -762,25 +762,31 @@ pub(crate) fn filter_clauses(
         return Err(RecordsError::BadRequest(format!("{name} has no value")));
     }
     match code {
+        // `_id` and `_lastUpdated` are held on `current`, not as index rows
+        // (`search::HELD_ON_CURRENT`), so every form of them is answered
+        // from there.
         "_id" if modifier.is_none() => {
             return Ok(vec![Clause {
                 any_of: values.into_iter().map(Predicate::Id).collect(),
             }]);
         }
-        // Every resource has one (the server stamps it); it is held on
-        // `current`, not as index rows (`search::HELD_ON_CURRENT`).
-        "_lastUpdated" if modifier == Some("missing") => {
-            let missing = match value {
-                "true" => true,
-                "false" => false,
-                _ => {
-                    return Err(RecordsError::BadRequest(format!(
-                        "{name} must be true or false, not '{value}'"
-                    )));
-                }
+        // None of the listed ids: each is a clause of its own (AND).
+        "_id" if modifier == Some("not") => {
+            return Ok(values
+                .into_iter()
+                .map(|id| Clause {
+                    any_of: vec![Predicate::NotId(id)],
+                })
+                .collect());
+        }
+        "_id" | "_lastUpdated" if modifier == Some("missing") => {
+            // Every resource has both (the server stamps them). After the
+            // earliest instant: every resource; before it: none.
+            let prefix = if missing_flag(name, value)? {
+                Prefix::Lt
+            } else {
+                Prefix::Gt
             };
-            // After the earliest instant: every resource; before it: none.
-            let prefix = if missing { Prefix::Lt } else { Prefix::Gt };
             return Ok(vec![Clause {
                 any_of: vec![Predicate::LastUpdated {
                     prefix,
@@ -788,6 +794,11 @@ pub(crate) fn filter_clauses(
                     high: i64::MIN,
                 }],
             }]);
+        }
+        "_id" => {
+            return Err(RecordsError::BadRequest(format!(
+                "{name}: _id takes no modifier but :not and :missing"
+            )));
         }
         "_lastUpdated" if modifier.is_none() => {
             let any_of = values
@@ -821,15 +832,7 @@ pub(crate) fn filter_clauses(
     }
     let info = lookup(resource_type, code).ok_or_else(|| unknown(resource_type, name))?;
     if modifier == Some("missing") {
-        let missing = match value {
-            "true" => true,
-            "false" => false,
-            _ => {
-                return Err(RecordsError::BadRequest(format!(
-                    "{name} must be true or false, not '{value}'"
-                )));
-            }
-        };
+        let missing = missing_flag(name, value)?;
         let mut params = vec![code.to_owned()];
         if info.kind == ParamType::Reference {
             // A logical reference (identifier only) is a value too.
@@ -876,6 +879,17 @@ pub(crate) fn filter_clauses(
         any_of.extend(parse_value(&info, code, name, modifier, v)?);
     }
     Ok(vec![Clause { any_of }])
+}
+
+/// The value of a `:missing` parameter.
+fn missing_flag(name: &str, value: &str) -> Result<bool, RecordsError> {
+    match value {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(RecordsError::BadRequest(format!(
+            "{name} must be true or false, not '{value}'"
+        ))),
+    }
 }
 
 /// `_text` and `_content` are indexed as the resource's words (strings, one

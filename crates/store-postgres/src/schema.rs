@@ -271,12 +271,14 @@ DROP INDEX idx_string_norm;
 CREATE INDEX idx_string_norm ON idx_string (param, normalized, exact);
 "#;
 
-/// Version 8 (`_lastUpdated` off the index tables): its searches read
-/// `current.last_updated`, and the indexer no longer writes its rows
-/// (`carelayer_fhir::search::HELD_ON_CURRENT`); the rows written before
-/// are dead weight in `idx_date` and its indexes.
+/// Version 8 (`_id` and `_lastUpdated` off the index tables): their
+/// searches read `current.id` and `current.last_updated`, and the indexer
+/// no longer writes their rows (`carelayer_fhir::search::HELD_ON_CURRENT`);
+/// the rows written before are dead weight in `idx_token`, `idx_date` and
+/// their indexes.
 const V8: &str = r#"
 DELETE FROM idx_date WHERE param = '_lastUpdated';
+DELETE FROM idx_token WHERE param = '_id';
 "#;
 
 /// Ordered migrations; index + 1 is the schema version it produces.

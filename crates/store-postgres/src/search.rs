@@ -507,6 +507,15 @@ impl Builder {
                 self.sql.bind(id.clone());
                 self.only_types(&x, q, true);
             }
+            Predicate::NotId(id) => {
+                let x = self.alias("x");
+                let _ = write!(
+                    self.sql.text,
+                    "SELECT {x}.rid FROM current {x} WHERE {x}.id <> "
+                );
+                self.sql.bind(id.clone());
+                self.only_types(&x, q, true);
+            }
             Predicate::PatientKey(k) => {
                 let x = self.alias("x");
                 let _ = write!(
@@ -672,6 +681,10 @@ impl Builder {
         match p {
             Predicate::Id(id) => {
                 let _ = write!(self.sql.text, "{c}.id = ");
+                self.sql.bind(id.clone());
+            }
+            Predicate::NotId(id) => {
+                let _ = write!(self.sql.text, "{c}.id <> ");
                 self.sql.bind(id.clone());
             }
             Predicate::LastUpdated { prefix, low, high } => {

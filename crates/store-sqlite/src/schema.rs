@@ -333,12 +333,14 @@ DROP INDEX idx_string_norm;
 CREATE INDEX idx_string_norm ON idx_string(param, normalized, exact);
 ";
 
-/// Version 10 (`_lastUpdated` off the index tables): its searches read
-/// `current.last_updated`, and the indexer no longer writes its rows
-/// (`carelayer_fhir::search::HELD_ON_CURRENT`); the rows written before
-/// are dead weight in `idx_date` and its indexes.
-const V10_LAST_UPDATED_ON_CURRENT: &str = "
+/// Version 10 (`_id` and `_lastUpdated` off the index tables): their
+/// searches read `current.id` and `current.last_updated`, and the indexer
+/// no longer writes their rows (`carelayer_fhir::search::HELD_ON_CURRENT`);
+/// the rows written before are dead weight in `idx_token`, `idx_date` and
+/// their indexes.
+const V10_HELD_ON_CURRENT: &str = "
 DELETE FROM idx_date WHERE param = '_lastUpdated';
+DELETE FROM idx_token WHERE param = '_id';
 ";
 
 /// Ordered migrations; index + 1 is the schema version it produces.
@@ -352,7 +354,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     V7_PATIENT_RECORD_INDEX,
     V8_DATE_WINDOW_COVERING,
     V9_ONE_STRING_INDEX,
-    V10_LAST_UPDATED_ON_CURRENT,
+    V10_HELD_ON_CURRENT,
 ];
 
 /// The index tables, in the order rows are cleared on update/delete.

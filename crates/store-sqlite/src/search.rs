@@ -323,6 +323,10 @@ impl Builder {
                 let _ = write!(self.sql.text, "{c}.id = ");
                 self.sql.bind(id.clone());
             }
+            Predicate::NotId(id) => {
+                let _ = write!(self.sql.text, "{c}.id <> ");
+                self.sql.bind(id.clone());
+            }
             Predicate::LastUpdated { prefix, low, high } => {
                 let col = format!("{c}.last_updated");
                 self.range(&col, &col, *prefix, *low, *high);

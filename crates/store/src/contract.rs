@@ -1688,6 +1688,29 @@ pub async fn search_types_id_patient_last_updated(store: &dyn Store) {
         .await,
         Vec::<String>::new()
     );
+    // `_id:not`: alone (it drives), and as a probe beside a clause that
+    // drives; each excluded id is a clause of its own.
+    let not_ids = |list: &[&str]| {
+        list.iter()
+            .map(|id| vec![Predicate::NotId((*id).to_owned())])
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ids(store, &query(&["Observation"], not_ids(&["obs2"]))).await,
+        sorted(&["obs1"])
+    );
+    assert_eq!(
+        ids(store, &query(&[], not_ids(&["obs1", "obs2", "nope"])))
+            .await
+            .len(),
+        3
+    );
+    let mut beside = pk();
+    beside.extend(not_ids(&["obs1"]));
+    assert_eq!(
+        ids(store, &query(&["Observation", "Condition"], beside)).await,
+        sorted(&["cond1"])
+    );
     // Several ids: a disjunction, alone (across types or of one type) and
     // beside another clause; an id that is not there matches nothing.
     let several = |list: &[&str]| {

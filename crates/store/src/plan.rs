@@ -134,6 +134,7 @@ fn query_cost(q: &SearchQuery) -> u8 {
 fn predicate_cost(p: &Predicate) -> u8 {
     match p {
         Predicate::Id(_) => 0,
+        Predicate::NotId(_) => 10,
         Predicate::PatientKey(_) => 3,
         Predicate::Index { param, test } => match test {
             IndexTest::Token { .. } if param == "identifier" || param.ends_with(":identifier") => 1,

@@ -71,6 +71,8 @@ pub struct Clause {
 pub enum Predicate {
     /// `_id`.
     Id(String),
+    /// `_id:not`: the resource's id is not this one.
+    NotId(String),
     /// `_lastUpdated` as a comparison against the version's instant.
     LastUpdated { prefix: Prefix, low: i64, high: i64 },
     /// A resource in this Patient compartment (`patient_key`).

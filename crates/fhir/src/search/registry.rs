@@ -548,11 +548,11 @@ impl SearchParams {
 }
 
 /// Parameters every resource has, whose searches read the store's own
-/// column for them (`_lastUpdated`: the current version's `last_updated`),
+/// columns for them (the current version's `id` and `last_updated`),
 /// so [`SearchParams::extract`] leaves them out of the index rows: each
 /// would be one more row, and two more B-tree inserts, for every resource
 /// written. `records` answers every form of them without index rows.
-pub const HELD_ON_CURRENT: &[&str] = &["_lastUpdated"];
+pub const HELD_ON_CURRENT: &[&str] = &["_id", "_lastUpdated"];
 
 /// Index rows of `resource` for all its type's supported parameters.
 pub fn extract_index(resource: &Value) -> Vec<IndexEntry> {

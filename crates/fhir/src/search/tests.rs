@@ -117,7 +117,11 @@ fn unsupported_are_only_special_or_without_expression() {
 #[test]
 fn patient_values() {
     let e = extract_index(&patient());
-    assert_eq!(values_of(&e, "_id"), vec![tok(None, Some("pat1"), None)]);
+    assert!(values_of(&e, "_id").is_empty());
+    assert_eq!(
+        registry().extract_param(&patient(), "_id"),
+        vec![tok(None, Some("pat1"), None)]
+    );
     // Searched on the store's own column: no index rows, but the value is
     // still there for whoever evaluates the parameter itself.
     assert!(values_of(&e, "_lastUpdated").is_empty());
@@ -457,8 +461,11 @@ fn hostile_input_does_not_panic() {
         let _ = extract_index(&v);
         let _ = patient_compartment_owner(&v);
     }
-    let e = extract_index(&json!({"resourceType": "Unknown", "id": "x"}));
-    assert_eq!(values_of(&e, "_id"), vec![tok(None, Some("x"), None)]);
+    // An unknown type still gets the Resource-level parameters.
+    assert_eq!(
+        registry().extract_param(&json!({"resourceType": "Unknown", "id": "x"}), "_id"),
+        vec![tok(None, Some("x"), None)]
+    );
 }
 
 #[test]
