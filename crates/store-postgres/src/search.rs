@@ -498,20 +498,16 @@ impl Builder {
         snapshot: Snapshot,
     ) -> Result<(), StoreError> {
         match p {
-            Predicate::Id(id) => {
+            Predicate::Id(id) | Predicate::NotId(id) => {
                 let x = self.alias("x");
+                let op = if matches!(p, Predicate::Id(_)) {
+                    "="
+                } else {
+                    "<>"
+                };
                 let _ = write!(
                     self.sql.text,
-                    "SELECT {x}.rid FROM current {x} WHERE {x}.id = "
-                );
-                self.sql.bind(id.clone());
-                self.only_types(&x, q, true);
-            }
-            Predicate::NotId(id) => {
-                let x = self.alias("x");
-                let _ = write!(
-                    self.sql.text,
-                    "SELECT {x}.rid FROM current {x} WHERE {x}.id <> "
+                    "SELECT {x}.rid FROM current {x} WHERE {x}.id {op} "
                 );
                 self.sql.bind(id.clone());
                 self.only_types(&x, q, true);
@@ -679,12 +675,13 @@ impl Builder {
     /// would otherwise walk every row with that code for each candidate.
     fn probe(&mut self, p: &Predicate, c: &str, snapshot: Snapshot) -> Result<(), StoreError> {
         match p {
-            Predicate::Id(id) => {
-                let _ = write!(self.sql.text, "{c}.id = ");
-                self.sql.bind(id.clone());
-            }
-            Predicate::NotId(id) => {
-                let _ = write!(self.sql.text, "{c}.id <> ");
+            Predicate::Id(id) | Predicate::NotId(id) => {
+                let op = if matches!(p, Predicate::Id(_)) {
+                    "="
+                } else {
+                    "<>"
+                };
+                let _ = write!(self.sql.text, "{c}.id {op} ");
                 self.sql.bind(id.clone());
             }
             Predicate::LastUpdated { prefix, low, high } => {

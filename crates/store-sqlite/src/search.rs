@@ -319,12 +319,13 @@ impl Builder {
         probe: bool,
     ) -> Result<(), StoreError> {
         match p {
-            Predicate::Id(id) => {
-                let _ = write!(self.sql.text, "{c}.id = ");
-                self.sql.bind(id.clone());
-            }
-            Predicate::NotId(id) => {
-                let _ = write!(self.sql.text, "{c}.id <> ");
+            Predicate::Id(id) | Predicate::NotId(id) => {
+                let op = if matches!(p, Predicate::Id(_)) {
+                    "="
+                } else {
+                    "<>"
+                };
+                let _ = write!(self.sql.text, "{c}.id {op} ");
                 self.sql.bind(id.clone());
             }
             Predicate::LastUpdated { prefix, low, high } => {
