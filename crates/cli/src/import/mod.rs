@@ -239,11 +239,23 @@ pub async fn execute(args: &ImportArgs, sink: &Sink) -> anyhow::Result<ImportSum
     let started = Instant::now();
     let inputs = source::collect(&args.paths)?;
     let checkpoint_path = default_checkpoint(args);
+    let target = checkpoint::target_label(
+        args.server
+            .as_deref()
+            .or(args.database.as_deref())
+            .unwrap_or("sqlite://carelayer-data/carelayer.db"),
+    );
     let mut checkpoint = if args.restart {
-        Checkpoint::new(checkpoint_path.clone())
+        Checkpoint::new(checkpoint_path.clone(), &target)
     } else {
-        Checkpoint::load(&checkpoint_path)?
+        Checkpoint::load(&checkpoint_path, &target)?
     };
+    if let Some(other) = checkpoint.set_aside_for() {
+        println!(
+            "import: {} recorded an import into {other}; this one is into {target}, so it starts from the beginning",
+            checkpoint_path.display()
+        );
+    }
     let rejects_path = args.rejects.clone().unwrap_or_else(|| {
         checkpoint_path
             .parent()
