@@ -259,30 +259,18 @@ DROP INDEX idx_date_long;
 CREATE INDEX idx_date_long ON idx_date (param, high) INCLUDE (low, type, rid) WHERE low < high - 2764800000000;
 "#;
 
-/// Version 7 (one string index): `:exact` is answered from
-/// `idx_string_norm`, which gains `exact` as its last column (an exact
-/// value's normalised form is known: the query carries both), and
-/// `idx_string_exact` goes. Every string row (names, addresses, and the
-/// words of `_content`, about a third of all index rows) was written to
-/// both, in every write and in every bulk load's index builds.
-const V7: &str = r#"
-DROP INDEX idx_string_exact;
-DROP INDEX idx_string_norm;
-CREATE INDEX idx_string_norm ON idx_string (param, normalized, exact);
-"#;
-
-/// Version 8 (`_id` and `_lastUpdated` off the index tables): their
+/// Version 7 (`_id` and `_lastUpdated` off the index tables): their
 /// searches read `current.id` and `current.last_updated`, and the indexer
 /// no longer writes their rows (`carelayer_fhir::search::HELD_ON_CURRENT`);
 /// the rows written before are dead weight in `idx_token`, `idx_date` and
 /// their indexes.
-const V8: &str = r#"
+const V7: &str = r#"
 DELETE FROM idx_date WHERE param = '_lastUpdated';
 DELETE FROM idx_token WHERE param = '_id';
 "#;
 
 /// Ordered migrations; index + 1 is the schema version it produces.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7];
 
 /// The secondary indexes a bulk load into a (near-)empty database drops and
 /// builds once at its end (`bulk.rs`), as `(table, name, definition)`:
@@ -324,11 +312,8 @@ pub(crate) const DEFERRABLE_INDEXES: &[(&str, &str, &str)] = &[
         "idx_token_patient",
         "(patient_key, param, code) WHERE patient_key IS NOT NULL",
     ),
-    (
-        "idx_string",
-        "idx_string_norm",
-        "(param, normalized, exact)",
-    ),
+    ("idx_string", "idx_string_norm", "(param, normalized)"),
+    ("idx_string", "idx_string_exact", "(param, exact)"),
     (
         "idx_date",
         "idx_date_low",

@@ -1186,6 +1186,42 @@ pub async fn search_token_string_uri_reference(store: &dyn Store) {
         let q = query(&["Patient"], clauses);
         assert_eq!(ids(store, &q).await, sorted(&want), "case: {name}");
     }
+
+    // A long string value (a ValueSet's description, say) is stored and
+    // found by prefix and exactly: an index entry holding it twice would
+    // pass PostgreSQL's 2,704-byte B-tree limit (the official examples
+    // have such values).
+    let exact: String = (0..400_u32)
+        .map(|i| format!("Word{}", i.wrapping_mul(7919) % 10_007))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let normalized = exact.to_lowercase();
+    put(
+        store,
+        write(
+            "ValueSet",
+            "vs-long",
+            1,
+            vec![string("description", &normalized, &exact)],
+        ),
+    )
+    .await;
+    for (name, test) in [
+        (
+            "long string exact",
+            IndexTest::StringExact {
+                normalized: normalized.clone(),
+                exact: exact.clone(),
+            },
+        ),
+        (
+            "long string prefix",
+            IndexTest::StringStartsWith(normalized[..40].to_owned()),
+        ),
+    ] {
+        let q = query(&["ValueSet"], vec![vec![index("description", test)]]);
+        assert_eq!(ids(store, &q).await, sorted(&["vs-long"]), "case: {name}");
+    }
 }
 
 /// Every date prefix against stored ranges (FHIR search §3.1.1.4.1).
