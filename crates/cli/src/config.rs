@@ -40,6 +40,9 @@ pub struct MigrateArgs {
     pub db: DatabaseArgs,
 }
 
+/// The embedded database every command uses when none is named.
+pub const DEFAULT_DATABASE: &str = "sqlite://carelayer-data/carelayer.db";
+
 /// Where the records live.
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
@@ -60,11 +63,7 @@ pub struct DatabaseArgs {
     /// twice the statement timeout plus the connect timeout (13 s by
     /// default): after that it is answered 503 with `Retry-After`, also
     /// when PostgreSQL hangs without closing its connections.
-    #[arg(
-        long,
-        env = "CARELAYER_DATABASE",
-        default_value = "sqlite://carelayer-data/carelayer.db"
-    )]
+    #[arg(long, env = "CARELAYER_DATABASE", default_value = DEFAULT_DATABASE)]
     pub database: String,
 }
 

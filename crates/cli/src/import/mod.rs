@@ -122,6 +122,13 @@ impl ImportArgs {
             stop_after_batches: None,
         }
     }
+
+    /// The database an in-process import loads into.
+    fn database_url(&self) -> &str {
+        self.database
+            .as_deref()
+            .unwrap_or(crate::config::DEFAULT_DATABASE)
+    }
 }
 
 /// A rejected line.
@@ -174,11 +181,7 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<()> {
             None,
         ),
         None => {
-            let database = args
-                .database
-                .clone()
-                .unwrap_or_else(|| "sqlite://carelayer-data/carelayer.db".to_owned());
-            let store = crate::backend::open(&database).await?;
+            let store = crate::backend::open(args.database_url()).await?;
             let records = Arc::new(Records::new(store, RecordsOptions::default()));
             (
                 Sink::Records {
@@ -202,18 +205,14 @@ fn default_checkpoint(args: &ImportArgs) -> PathBuf {
     if let Some(path) = &args.checkpoint {
         return path.clone();
     }
-    if args.server.is_none() {
-        let database = args
-            .database
-            .as_deref()
-            .unwrap_or("sqlite://carelayer-data/carelayer.db");
-        if let Some(path) = crate::backend::sqlite_path(database) {
-            let dir = path
-                .parent()
-                .filter(|d| !d.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            return dir.join("import-checkpoint.json");
-        }
+    if args.server.is_none()
+        && let Some(path) = crate::backend::sqlite_path(args.database_url())
+    {
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        return dir.join("import-checkpoint.json");
     }
     let first = args.paths.first().map_or(Path::new("."), PathBuf::as_path);
     let dir = if first.is_dir() {
@@ -242,8 +241,7 @@ pub async fn execute(args: &ImportArgs, sink: &Sink) -> anyhow::Result<ImportSum
     let target = checkpoint::target_label(
         args.server
             .as_deref()
-            .or(args.database.as_deref())
-            .unwrap_or("sqlite://carelayer-data/carelayer.db"),
+            .unwrap_or_else(|| args.database_url()),
     );
     let mut checkpoint = if args.restart {
         Checkpoint::new(checkpoint_path.clone(), &target)
