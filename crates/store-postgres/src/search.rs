@@ -29,7 +29,8 @@
 use std::fmt::Write as _;
 
 use carelayer_store::plan::{
-    DateWindow, PatientReference, PatientScope, SHORT_SPAN_MICROS, clause_cost, index_table,
+    DateWindow, PatientReference, PatientScope, SHORT_SPAN_MICROS, clause_cost, id_operator,
+    index_table,
 };
 use carelayer_store::{
     Clause, IndexTest, Predicate, Prefix, SearchQuery, SortKey, StoreError, TotalMode,
@@ -500,11 +501,7 @@ impl Builder {
         match p {
             Predicate::Id(id) | Predicate::NotId(id) => {
                 let x = self.alias("x");
-                let op = if matches!(p, Predicate::Id(_)) {
-                    "="
-                } else {
-                    "<>"
-                };
+                let op = id_operator(p);
                 let _ = write!(
                     self.sql.text,
                     "SELECT {x}.rid FROM current {x} WHERE {x}.id {op} "
@@ -676,11 +673,7 @@ impl Builder {
     fn probe(&mut self, p: &Predicate, c: &str, snapshot: Snapshot) -> Result<(), StoreError> {
         match p {
             Predicate::Id(id) | Predicate::NotId(id) => {
-                let op = if matches!(p, Predicate::Id(_)) {
-                    "="
-                } else {
-                    "<>"
-                };
+                let op = id_operator(p);
                 let _ = write!(self.sql.text, "{c}.id {op} ");
                 self.sql.bind(id.clone());
             }

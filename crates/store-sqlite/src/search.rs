@@ -24,7 +24,8 @@
 use std::fmt::Write as _;
 
 use carelayer_store::plan::{
-    DateWindow, PatientReference, PatientScope, SHORT_SPAN_MICROS, clause_cost, index_table,
+    DateWindow, PatientReference, PatientScope, SHORT_SPAN_MICROS, clause_cost, id_operator,
+    index_table,
 };
 use carelayer_store::{Clause, IndexTest, Predicate, Prefix, SearchQuery, SortKey, StoreError};
 use rusqlite::types::Value;
@@ -320,11 +321,7 @@ impl Builder {
     ) -> Result<(), StoreError> {
         match p {
             Predicate::Id(id) | Predicate::NotId(id) => {
-                let op = if matches!(p, Predicate::Id(_)) {
-                    "="
-                } else {
-                    "<>"
-                };
+                let op = id_operator(p);
                 let _ = write!(self.sql.text, "{c}.id {op} ");
                 self.sql.bind(id.clone());
             }

@@ -160,6 +160,17 @@ fn predicate_cost(p: &Predicate) -> u8 {
     }
 }
 
+/// How both backends compare `current.id` for an `_id` test: `<>` for
+/// [`Predicate::NotId`] (`_id:not`), `=` for [`Predicate::Id`].
+#[must_use]
+pub fn id_operator(p: &Predicate) -> &'static str {
+    if matches!(p, Predicate::NotId(_)) {
+        "<>"
+    } else {
+        "="
+    }
+}
+
 /// The index table holding the values a test looks at.
 ///
 /// # Errors

@@ -156,6 +156,11 @@ struct Compiled {
     source: Source,
     /// For composites: each component's type and parsed expression.
     components: Vec<(SearchParamType, Expr)>,
+    /// Written as index rows by [`SearchParams::extract`]; false for the
+    /// [`HELD_ON_CURRENT`] ones, which are still evaluated on request
+    /// ([`SearchParams::extract_param`]). Decided once here, not per
+    /// resource written.
+    indexed: bool,
 }
 
 #[derive(Debug, Default)]
@@ -311,6 +316,7 @@ impl SearchParams {
                         def: i,
                         source,
                         components: comps.clone(),
+                        indexed: !HELD_ON_CURRENT.contains(&d.code.as_str()),
                     });
                 }
             }
@@ -467,7 +473,7 @@ impl SearchParams {
         let mut vals = Vec::new();
         let mut derived = Vec::new();
         for c in &ix.compiled {
-            if HELD_ON_CURRENT.contains(&self.defs[c.def].code.as_str()) {
+            if !c.indexed {
                 continue;
             }
             vals.clear();
