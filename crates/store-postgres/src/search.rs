@@ -221,6 +221,20 @@ pub(crate) fn build_search(query: &SearchQuery, now_micros: i64) -> Result<Sql, 
     Ok(b.sql)
 }
 
+/// How many leading characters of a normalised string value
+/// `idx_string_key` holds (`schema::V8`). Whole values would make one
+/// B-tree entry of a long value (a ValueSet's description, a pasted
+/// letter), and PostgreSQL refuses an entry over 2,704 bytes, failing the
+/// write; 128 characters are at most 512 bytes, and longer prefixes and
+/// exact values are checked on the row.
+pub(crate) const STRING_KEY_CHARS: usize = 128;
+
+/// The `idx_string_key` expression on alias `x` of `idx_string`; it must
+/// be written as the index's definition is for the planner to use it.
+fn string_key(x: &str) -> String {
+    format!("left({x}.normalized, {STRING_KEY_CHARS})")
+}
+
 /// Smallest string strictly greater than every string starting with `p`
 /// (as far as valid UTF-8 goes): the exclusive upper bound of a prefix range,
 /// which lets prefix matches use the `(param, value)` indexes.
@@ -847,13 +861,14 @@ impl Builder {
                 self.sql.bind(s.clone());
             }
             IndexTest::TokenText(t) => self.prefix(&format!("{x}.text"), t),
-            IndexTest::StringStartsWith(s) => self.prefix(&format!("{x}.normalized"), s),
-            // `idx_string_exact (param, exact)`: PostgreSQL keeps it, since
-            // one B-tree entry holding a long value twice (normalised and as
-            // written) can pass its 2,704-byte limit (the official examples
-            // have such descriptions), so the normalised form is not needed.
-            IndexTest::StringExact { exact, .. } => {
-                let _ = write!(self.sql.text, "{x}.exact = ");
+            IndexTest::StringStartsWith(s) => self.string_prefix(x, s),
+            // Found by its normalised form's key in `idx_string_key`, then
+            // compared as written: a value is only ever `:exact` to a value
+            // it also equals normalised.
+            IndexTest::StringExact { normalized, exact } => {
+                let _ = write!(self.sql.text, "{key} = left(", key = string_key(x),);
+                self.sql.bind(normalized.clone());
+                let _ = write!(self.sql.text, ", {STRING_KEY_CHARS}) AND {x}.exact = ");
                 self.sql.bind(exact.clone());
             }
             IndexTest::StringContains(s) => {
@@ -954,6 +969,19 @@ impl Builder {
 
     /// `col >= p AND col < p‖U+10FFFF`: a prefix match an index can serve
     /// (the columns are `COLLATE "C"`, so this is byte order).
+    /// Normalised string values starting with `p`: a range of
+    /// `idx_string_key`, and, for a prefix longer than the key, the rest
+    /// checked on the whole value.
+    fn string_prefix(&mut self, x: &str, p: &str) {
+        let key: String = p.chars().take(STRING_KEY_CHARS).collect();
+        self.prefix(&string_key(x), &key);
+        if key.len() < p.len() {
+            let _ = write!(self.sql.text, " AND starts_with({x}.normalized, ");
+            self.sql.bind(p.to_owned());
+            self.sql.push(")");
+        }
+    }
+
     fn prefix(&mut self, col: &str, p: &str) {
         let _ = write!(self.sql.text, "({col} >= ");
         self.sql.bind(p.to_owned());

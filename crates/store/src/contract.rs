@@ -1187,40 +1187,76 @@ pub async fn search_token_string_uri_reference(store: &dyn Store) {
         assert_eq!(ids(store, &q).await, sorted(&want), "case: {name}");
     }
 
-    // A long string value (a ValueSet's description, say) is stored and
-    // found by prefix and exactly: an index entry holding it twice would
-    // pass PostgreSQL's 2,704-byte B-tree limit (the official examples
-    // have such values).
-    let exact: String = (0..400_u32)
-        .map(|i| format!("Word{}", i.wrapping_mul(7919) % 10_007))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let normalized = exact.to_lowercase();
-    put(
-        store,
-        write(
-            "ValueSet",
-            "vs-long",
-            1,
-            vec![string("description", &normalized, &exact)],
-        ),
-    )
-    .await;
-    for (name, test) in [
+    // Long string values (a ValueSet's description, a pasted letter) are
+    // stored and found by prefix, exactly and by a word near their end.
+    // PostgreSQL refuses a B-tree entry over 2,704 bytes, so an index of
+    // whole values failed such writes; these are 12,000 characters that
+    // barely compress. The twin shares all but its last words, so a test
+    // that looked at a leading key alone would find both.
+    let mut state = 0x2545_f491_u32;
+    let mut words = Vec::new();
+    for _ in 0..1_500 {
+        let mut word = String::new();
+        for _ in 0..7 {
+            state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            word.push(char::from(
+                b'a' + u8::try_from((state >> 16) % 26).unwrap_or(0),
+            ));
+        }
+        words.push(word);
+    }
+    let body = words.join(" ");
+    let long = format!("Long {body} closing");
+    let twin = format!("Long {body} different");
+    for (id, exact) in [("vs-long", &long), ("vs-twin", &twin)] {
+        put(
+            store,
+            write(
+                "ValueSet",
+                id,
+                1,
+                vec![string("description", &exact.to_lowercase(), exact)],
+            ),
+        )
+        .await;
+    }
+    let normalized = long.to_lowercase();
+    let cases = [
         (
             "long string exact",
             IndexTest::StringExact {
                 normalized: normalized.clone(),
-                exact: exact.clone(),
+                exact: long.clone(),
             },
+            vec!["vs-long"],
         ),
         (
-            "long string prefix",
-            IndexTest::StringStartsWith(normalized[..40].to_owned()),
+            "long string exact, differing only in case",
+            IndexTest::StringExact {
+                normalized: normalized.clone(),
+                exact: normalized.clone(),
+            },
+            vec![],
         ),
-    ] {
+        (
+            "short prefix of both",
+            IndexTest::StringStartsWith(normalized[..40].to_owned()),
+            vec!["vs-long", "vs-twin"],
+        ),
+        (
+            "prefix longer than any index key",
+            IndexTest::StringStartsWith(normalized[..normalized.len() - 3].to_owned()),
+            vec!["vs-long"],
+        ),
+        (
+            "word at the end",
+            IndexTest::StringContains("closing".to_owned()),
+            vec!["vs-long"],
+        ),
+    ];
+    for (name, test, want) in cases {
         let q = query(&["ValueSet"], vec![vec![index("description", test)]]);
-        assert_eq!(ids(store, &q).await, sorted(&["vs-long"]), "case: {name}");
+        assert_eq!(ids(store, &q).await, sorted(&want), "case: {name}");
     }
 }
 
