@@ -282,8 +282,21 @@ DROP INDEX IF EXISTS idx_string_exact;
 CREATE INDEX IF NOT EXISTS idx_string_key ON idx_string (param, left(normalized, 128));
 "#;
 
+/// Version 9: `idx_token_system`, `idx_token_text` and `idx_token_patient`
+/// hold only a parameter's own token rows (`grp IS NULL`), not the parts
+/// of composite values, which are about a third of all token rows and are
+/// found by `idx_token_code` (`carelayer_store::plan::PLAIN_TOKEN_ROW`).
+const V9: &str = r#"
+DROP INDEX IF EXISTS idx_token_system;
+DROP INDEX IF EXISTS idx_token_text;
+DROP INDEX IF EXISTS idx_token_patient;
+CREATE INDEX IF NOT EXISTS idx_token_system ON idx_token (param, system) WHERE system IS NOT NULL AND grp IS NULL;
+CREATE INDEX IF NOT EXISTS idx_token_text ON idx_token (param, text) WHERE text IS NOT NULL AND grp IS NULL;
+CREATE INDEX IF NOT EXISTS idx_token_patient ON idx_token (patient_key, param, code) WHERE patient_key IS NOT NULL AND grp IS NULL;
+"#;
+
 /// Ordered migrations; index + 1 is the schema version it produces.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9];
 
 /// The secondary indexes a bulk load into a (near-)empty database drops and
 /// builds once at its end (`bulk.rs`), as `(table, name, definition)`:
@@ -313,17 +326,17 @@ pub(crate) const DEFERRABLE_INDEXES: &[(&str, &str, &str)] = &[
     (
         "idx_token",
         "idx_token_system",
-        "(param, system) WHERE system IS NOT NULL",
+        "(param, system) WHERE system IS NOT NULL AND grp IS NULL",
     ),
     (
         "idx_token",
         "idx_token_text",
-        "(param, text) WHERE text IS NOT NULL",
+        "(param, text) WHERE text IS NOT NULL AND grp IS NULL",
     ),
     (
         "idx_token",
         "idx_token_patient",
-        "(patient_key, param, code) WHERE patient_key IS NOT NULL",
+        "(patient_key, param, code) WHERE patient_key IS NOT NULL AND grp IS NULL",
     ),
     (
         "idx_string",

@@ -29,8 +29,8 @@
 use std::fmt::Write as _;
 
 use carelayer_store::plan::{
-    DateWindow, PatientReference, PatientScope, SHORT_SPAN_MICROS, clause_cost, id_operator,
-    index_table,
+    DateWindow, PLAIN_TOKEN_ROW, PatientReference, PatientScope, SHORT_SPAN_MICROS, clause_cost,
+    id_operator, index_table,
 };
 use carelayer_store::{
     Clause, IndexTest, Predicate, Prefix, SearchQuery, SortKey, StoreError, TotalMode,
@@ -437,7 +437,7 @@ impl Builder {
             let x = self.alias("pt");
             let _ = write!(
                 self.sql.text,
-                "SELECT {x}.rid FROM idx_token {x} WHERE {x}.patient_key = "
+                "SELECT {x}.rid FROM idx_token {x} WHERE {x}.{PLAIN_TOKEN_ROW} AND {x}.patient_key = "
             );
             self.sql.bind(scope.patient.to_owned());
             let _ = write!(self.sql.text, " AND {x}.param = ");
@@ -833,7 +833,11 @@ impl Builder {
                 let _ = write!(self.sql.text, "SELECT {x}.rid FROM {table} {x}");
             }
         }
-        let _ = write!(self.sql.text, " WHERE {x}.param = ");
+        let _ = write!(self.sql.text, " WHERE ");
+        if table == "idx_token" {
+            let _ = write!(self.sql.text, "{x}.{PLAIN_TOKEN_ROW} AND ");
+        }
+        let _ = write!(self.sql.text, "{x}.param = ");
         self.sql.bind(param.to_owned());
         self.sql.push(" AND ");
         self.test(test, &x)

@@ -343,6 +343,27 @@ DELETE FROM idx_date WHERE param = '_lastUpdated';
 DELETE FROM idx_token WHERE param = '_id';
 ";
 
+/// Version 11 (token indexes without composite parts): `idx_token_system`,
+/// `idx_token_text` and `idx_token_patient` hold only a parameter's own
+/// token rows (`grp IS NULL`), not the parts of composite values, which
+/// are about a third of all token rows and are found by `idx_token_code`
+/// (`carelayer_store::plan::PLAIN_TOKEN_ROW`). A database left mid bulk
+/// load holds the old definitions in `deferred_indexes`: they are replaced
+/// here by the new ones, built now.
+const V11_PLAIN_TOKEN_INDEXES: &str = "
+DELETE FROM deferred_indexes
+    WHERE name IN ('idx_token_system', 'idx_token_text', 'idx_token_patient');
+DROP INDEX IF EXISTS idx_token_system;
+DROP INDEX IF EXISTS idx_token_text;
+DROP INDEX IF EXISTS idx_token_patient;
+CREATE INDEX idx_token_system ON idx_token(param, system)
+    WHERE system IS NOT NULL AND grp IS NULL;
+CREATE INDEX idx_token_text ON idx_token(param, text)
+    WHERE text IS NOT NULL AND grp IS NULL;
+CREATE INDEX idx_token_patient ON idx_token(patient_key, param, code)
+    WHERE patient_key IS NOT NULL AND grp IS NULL;
+";
+
 /// Ordered migrations; index + 1 is the schema version it produces.
 pub(crate) const MIGRATIONS: &[&str] = &[
     V1,
@@ -355,6 +376,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     V8_DATE_WINDOW_COVERING,
     V9_ONE_STRING_INDEX,
     V10_HELD_ON_CURRENT,
+    V11_PLAIN_TOKEN_INDEXES,
 ];
 
 /// The index tables, in the order rows are cleared on update/delete.

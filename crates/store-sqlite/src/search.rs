@@ -24,8 +24,8 @@
 use std::fmt::Write as _;
 
 use carelayer_store::plan::{
-    DateWindow, PatientReference, PatientScope, SHORT_SPAN_MICROS, clause_cost, id_operator,
-    index_table,
+    DateWindow, PLAIN_TOKEN_ROW, PatientReference, PatientScope, SHORT_SPAN_MICROS, clause_cost,
+    id_operator, index_table,
 };
 use carelayer_store::{Clause, IndexTest, Predicate, Prefix, SearchQuery, SortKey, StoreError};
 use rusqlite::types::Value;
@@ -200,9 +200,10 @@ impl Builder {
             if i > 0 {
                 self.sql.push(" UNION ALL ");
             }
-            self.sql.push(
+            let _ = write!(
+                self.sql.text,
                 "SELECT pt.rid FROM idx_token AS pt \
-                 WHERE pt.patient_key = ",
+                 WHERE pt.{PLAIN_TOKEN_ROW} AND pt.patient_key = "
             );
             self.sql.bind(scope.patient.to_owned());
             self.sql.push(" AND pt.param = ");
@@ -473,6 +474,9 @@ impl Builder {
         let _ = write!(self.sql.text, "SELECT {x}.rid FROM {table} {x} WHERE ");
         if let Some(c) = correlate {
             let _ = write!(self.sql.text, "{x}.rid = {c}.rid AND ");
+        }
+        if table == "idx_token" {
+            let _ = write!(self.sql.text, "{x}.{PLAIN_TOKEN_ROW} AND ");
         }
         let _ = write!(self.sql.text, "{x}.param = ");
         self.sql.bind(param.to_owned());

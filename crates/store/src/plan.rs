@@ -171,6 +171,19 @@ pub fn id_operator(p: &Predicate) -> &'static str {
     }
 }
 
+/// The term both backends add to every search of a parameter's own token
+/// rows (`{alias}.grp IS NULL`), so it may use the token indexes that
+/// leave out the parts of composite values.
+///
+/// Why: a composite value (`code-value-quantity`, …) is also written as
+/// one row per part under `param#i` with its `grp`, and about a third of
+/// all token rows are such parts. A composite search joins its parts by
+/// `grp` and finds them by `(param, code, system)`, so `idx_token_system`,
+/// `idx_token_text` and `idx_token_patient` hold only rows with no `grp`
+/// (partial indexes); a database may use a partial index only for a query
+/// that states its condition.
+pub const PLAIN_TOKEN_ROW: &str = "grp IS NULL";
+
 /// The index table holding the values a test looks at.
 ///
 /// # Errors
