@@ -870,7 +870,7 @@ impl Builder {
             // compared as written: a value is only ever `:exact` to a value
             // it also equals normalised.
             IndexTest::StringExact { normalized, exact } => {
-                let _ = write!(self.sql.text, "{key} = left(", key = string_key(x),);
+                let _ = write!(self.sql.text, "{} = left(", string_key(x));
                 self.sql.bind(normalized.clone());
                 let _ = write!(self.sql.text, ", {STRING_KEY_CHARS}) AND {x}.exact = ");
                 self.sql.bind(exact.clone());
@@ -971,8 +971,6 @@ impl Builder {
         Ok(())
     }
 
-    /// `col >= p AND col < p‖U+10FFFF`: a prefix match an index can serve
-    /// (the columns are `COLLATE "C"`, so this is byte order).
     /// Normalised string values starting with `p`: a range of
     /// `idx_string_key`, and, for a prefix longer than the key, the rest
     /// checked on the whole value.
@@ -986,6 +984,8 @@ impl Builder {
         }
     }
 
+    /// `col >= p AND col < p‖U+10FFFF`: a prefix match an index can serve
+    /// (the columns are `COLLATE "C"`, so this is byte order).
     fn prefix(&mut self, col: &str, p: &str) {
         let _ = write!(self.sql.text, "({col} >= ");
         self.sql.bind(p.to_owned());
