@@ -30,7 +30,7 @@ use std::fmt::Write as _;
 
 use carelayer_store::plan::{
     DateWindow, PLAIN_TOKEN_ROW, PatientReference, PatientScope, SHORT_SPAN_MICROS, clause_cost,
-    id_operator, index_table,
+    id_operator, index_table, states_plain_token_row,
 };
 use carelayer_store::{
     Clause, IndexTest, Predicate, Prefix, SearchQuery, SortKey, StoreError, TotalMode,
@@ -834,7 +834,7 @@ impl Builder {
             }
         }
         let _ = write!(self.sql.text, " WHERE ");
-        if table == "idx_token" {
+        if states_plain_token_row(test) {
             let _ = write!(self.sql.text, "{x}.{PLAIN_TOKEN_ROW} AND ");
         }
         let _ = write!(self.sql.text, "{x}.param = ");

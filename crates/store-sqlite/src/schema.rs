@@ -347,20 +347,23 @@ DELETE FROM idx_token WHERE param = '_id';
 /// `idx_token_text` and `idx_token_patient` hold only a parameter's own
 /// token rows (`grp IS NULL`), not the parts of composite values, which
 /// are about a third of all token rows and are found by `idx_token_code`
-/// (`carelayer_store::plan::PLAIN_TOKEN_ROW`). A database left mid bulk
-/// load holds the old definitions in `deferred_indexes`: they are replaced
-/// here by the new ones, built now.
+/// (`carelayer_store::plan::PLAIN_TOKEN_ROW`). Each ends with `grp`, always
+/// NULL in it (a byte a row): the searches state `grp IS NULL`, and
+/// SQLite does not take that from the index's condition, so without the
+/// column no search could be answered from the index alone. A database
+/// left mid bulk load holds the old definitions in `deferred_indexes`:
+/// they are replaced here by the new ones, built now.
 const V11_PLAIN_TOKEN_INDEXES: &str = "
 DELETE FROM deferred_indexes
     WHERE name IN ('idx_token_system', 'idx_token_text', 'idx_token_patient');
 DROP INDEX IF EXISTS idx_token_system;
 DROP INDEX IF EXISTS idx_token_text;
 DROP INDEX IF EXISTS idx_token_patient;
-CREATE INDEX idx_token_system ON idx_token(param, system)
+CREATE INDEX idx_token_system ON idx_token(param, system, grp)
     WHERE system IS NOT NULL AND grp IS NULL;
-CREATE INDEX idx_token_text ON idx_token(param, text)
+CREATE INDEX idx_token_text ON idx_token(param, text, grp)
     WHERE text IS NOT NULL AND grp IS NULL;
-CREATE INDEX idx_token_patient ON idx_token(patient_key, param, code)
+CREATE INDEX idx_token_patient ON idx_token(patient_key, param, code, grp)
     WHERE patient_key IS NOT NULL AND grp IS NULL;
 ";
 

@@ -171,9 +171,10 @@ pub fn id_operator(p: &Predicate) -> &'static str {
     }
 }
 
-/// The term both backends add to every search of a parameter's own token
-/// rows (`{alias}.grp IS NULL`), so it may use the token indexes that
-/// leave out the parts of composite values.
+/// The term both backends add to a search of a parameter's own token rows
+/// by system or display text, and to a patient's rows of a code
+/// (`{alias}.grp IS NULL`), so it may use the token indexes that leave out
+/// the parts of composite values.
 ///
 /// Why: a composite value (`code-value-quantity`, …) is also written as
 /// one row per part under `param#i` with its `grp`, and about a third of
@@ -181,8 +182,21 @@ pub fn id_operator(p: &Predicate) -> &'static str {
 /// `grp` and finds them by `(param, code, system)`, so `idx_token_system`,
 /// `idx_token_text` and `idx_token_patient` hold only rows with no `grp`
 /// (partial indexes); a database may use a partial index only for a query
-/// that states its condition.
+/// that states its condition. See [`states_plain_token_row`] for where it
+/// is left out.
 pub const PLAIN_TOKEN_ROW: &str = "grp IS NULL";
+
+/// Whether a search of a parameter's own rows by `test` states
+/// [`PLAIN_TOKEN_ROW`]: only the tests the partial indexes answer (by
+/// system, by display text). A test by code is answered by
+/// `idx_token_code`, which holds the composite parts too; the parts' own
+/// `param#i` names keep them out already, and stating `grp` there would
+/// cost every row found a lookup of its table row (on SQLite the index
+/// covers the search only without it).
+#[must_use]
+pub fn states_plain_token_row(test: &IndexTest) -> bool {
+    matches!(test, IndexTest::TokenSystem(_) | IndexTest::TokenText(_))
+}
 
 /// The index table holding the values a test looks at.
 ///
