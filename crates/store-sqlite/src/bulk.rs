@@ -314,6 +314,7 @@ mod tests {
         // Nothing left to build: no pragma is touched.
         assert_eq!(build_deferred(&conn).unwrap(), 0);
     }
+
     /// A load that built its indexes leaves the WAL copied back and
     /// truncated, not gigabytes for the first requests after it to wait on.
     #[test]

@@ -130,11 +130,12 @@ pub enum IndexTest {
     StringStartsWith(String),
     /// `:exact`: the value as written, with the normalised form the
     /// indexer stored beside it (`normalized`, what a default search
-    /// compares). SQLite keeps one string index on `(param, normalized,
-    /// exact)`, which finds an exact value as one key, instead of a second
-    /// index on `(param, exact)` that every string row paid for.
-    /// PostgreSQL keeps both, because one entry of its B-tree may not pass
-    /// 2,704 bytes.
+    /// compares). Both stores find an exact value by its normalised form
+    /// in their one string index, instead of a second index on `(param,
+    /// exact)` that every string row paid for: SQLite's `(param,
+    /// normalized, exact)` holds it as one key; PostgreSQL's `(param,
+    /// left(normalized, 128))` (one B-tree entry there may not pass 2,704
+    /// bytes) finds the key and compares `exact` on the row.
     StringExact {
         normalized: String,
         exact: String,
