@@ -102,6 +102,7 @@ fn bench_runs_sqlite_and_postgres_side_by_side() {
             "10",
             "--backends",
             "sqlite,postgres",
+            "--floor",
             "--postgres",
             &admin,
             "--cache-dir",
@@ -128,6 +129,7 @@ fn bench_runs_sqlite_and_postgres_side_by_side() {
     let rows = report["rows"].as_array().unwrap();
     let workloads = [
         "import",
+        "import-floor",
         "create",
         "read",
         "search-nhs",
@@ -154,6 +156,19 @@ fn bench_runs_sqlite_and_postgres_side_by_side() {
             .unwrap_or_else(|| panic!("no postgres/sqlite ratio for {workload}"));
         assert_eq!(r["over"], "sqlite");
         assert!(r["ratio"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    // The floor copied every table and built every index on each backend.
+    for server in ["carelayer/sqlite", "carelayer/postgres"] {
+        let line = stderr
+            .lines()
+            .find(|l| l.starts_with(&format!("bench: {server}: storage floor:")))
+            .unwrap_or_else(|| panic!("no storage floor for {server}:\n{stderr}"));
+        let built: usize = line
+            .split_once(" indexes built")
+            .and_then(|(head, _)| head.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no index count in {line}"));
+        assert!(built >= 20, "{line}");
     }
     // The scratch database is gone again.
     assert!(

@@ -17,8 +17,13 @@
 //!   workloads (search, transaction, `$everything`) implement [`workload::Workload`].
 //! - `driver`: runs a workload with N clients and measures it.
 //! - `report`: the table, the JSON, peak RSS.
+//! - `suite`: the data-set bench (`--patients`) on each backend and the peer.
+//! - `peer`: HFS, started and loaded with the same data.
+//! - `floor`: an import's storage floor (`--floor`): the engine alone
+//!   storing the same rows.
 
 mod driver;
+mod floor;
 mod peer;
 mod report;
 mod suite;
@@ -82,6 +87,12 @@ pub struct BenchArgs {
     /// gives `read` and `read-audit-off` over all slices and the cost in %.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub audit_compare: u32,
+    /// With --patients: after the workloads, measure the storage floor of
+    /// the import (row `import-floor`): the engine alone copying every table
+    /// the import filled and building every index over the copies, so the
+    /// rate no import of these rows can beat on this machine.
+    #[arg(long, requires = "patients")]
+    pub floor: bool,
     /// Run the data-set bench: generate (or reuse) `carelayer synth` data
     /// of this many patients, import it, then run the search, read,
     /// transaction and `$everything` workloads over it.
@@ -335,6 +346,7 @@ async fn run_suite(args: BenchArgs, patients: u64) -> anyhow::Result<()> {
         policy_off: args.policy_off,
         no_read_audit: args.no_read_audit,
         audit_compare: args.audit_compare,
+        floor: args.floor,
     })
     .await
 }
