@@ -193,11 +193,33 @@ fn bench_reuses_a_kept_database() {
         )
     };
 
-    let (first, _) = run("first.json");
-    assert_eq!(workloads(&first), ["import", "read", "search-nhs"]);
+    // The first run also measures the import's storage floor, whose copies
+    // go beside the kept database and are removed again.
+    let (first, _) = small_dataset_bench(
+        dir.path(),
+        "first.json",
+        &[
+            "--workloads",
+            "read,search-nhs",
+            "--database",
+            &database,
+            "--floor",
+        ],
+    );
+    assert_eq!(
+        workloads(&first),
+        ["import", "import-floor", "read", "search-nhs"]
+    );
     let imported = first["rows"][0]["requests"].as_u64().unwrap();
     assert!(imported > 0);
+    assert_eq!(first["rows"][1]["requests"].as_u64(), Some(imported));
     assert!(db.exists(), "the database was not kept");
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("kept"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("carelayer-floor-"))
+        .collect();
+    assert!(left.is_empty(), "the floor's copies were left: {left:?}");
 
     let (second, stderr) = run("second.json");
     assert_eq!(workloads(&second), ["read", "search-nhs"], "{stderr}");
@@ -213,16 +235,18 @@ fn bench_reuses_a_kept_database() {
     // The same data set generated again in another cache folder (another
     // working directory) is still recognised: not imported twice.
     let elsewhere = tempfile::tempdir().unwrap();
+    // A floor needs an import in the same run: this one has none.
     let (third, stderr) = small_dataset_bench(
         elsewhere.path(),
         "third.json",
-        &["--workloads", "read", "--database", &database],
+        &["--workloads", "read", "--database", &database, "--floor"],
     );
     assert_eq!(workloads(&third), ["read"], "{stderr}");
     assert!(
         stderr.contains(&format!("already imported ({imported} resources")),
         "{stderr}"
     );
+    assert!(stderr.contains("no storage floor"), "{stderr}");
 
     // Another data set is refused, not mixed into the kept database.
     let output = Command::new(env!("CARGO_BIN_EXE_carelayer"))

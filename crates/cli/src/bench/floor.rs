@@ -74,7 +74,14 @@ fn sqlite(source: &Path, target: &Path) -> anyhow::Result<Floor> {
     conn.execute_batch(
         "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA cache_size=-65536;",
     )?;
-    let uri = format!("file:{}?mode=ro", source.display());
+    // A URI, for read-only: its path's `%`, `?` and `#` percent-encoded.
+    let path = source
+        .display()
+        .to_string()
+        .replace('%', "%25")
+        .replace('?', "%3f")
+        .replace('#', "%23");
+    let uri = format!("file:{path}?mode=ro");
     conn.execute("ATTACH ?1 AS src", [&uri])?;
     let (tables, indexes) = {
         let mut tables = conn.prepare(

@@ -87,10 +87,12 @@ pub struct BenchArgs {
     /// gives `read` and `read-audit-off` over all slices and the cost in %.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub audit_compare: u32,
-    /// With --patients: after the workloads, measure the storage floor of
-    /// the import (row `import-floor`): the engine alone copying every table
-    /// the import filled and building every index over the copies, so the
-    /// rate no import of these rows can beat on this machine.
+    /// With --patients: right after the import, measure its storage floor
+    /// (row `import-floor`): the engine alone copying every table the
+    /// import filled and building every index over the copies, so the rate
+    /// no import of these rows can beat on this machine. At scale the
+    /// copies push the data out of the page cache: measure the workloads
+    /// in another run.
     #[arg(long, requires = "patients")]
     pub floor: bool,
     /// Run the data-set bench: generate (or reuse) `carelayer synth` data
