@@ -7,9 +7,10 @@
 //! on as many connections or sort threads as the import's own builds use.
 //! Nothing of carelayer runs meanwhile: no NDJSON parsing, validation,
 //! index extraction, audit chaining or client round trips, and the rows
-//! arrive already made. The time this takes bounds any import of these
-//! rows on this machine from below, so `resources / time` bounds the import
-//! rate from above: the `import-floor` row. It tells how much of an import's
+//! arrive already made. The time this takes bounds from below any import
+//! of these rows through the engine's SQL on this machine, so
+//! `resources / time` bounds the import rate from above: the
+//! `import-floor` row. It tells how much of an import's
 //! time is carelayer's and how much is the rows' (their number is fixed by
 //! the search parameters the data carries).
 //!

@@ -90,9 +90,9 @@ pub struct BenchArgs {
     /// With --patients: right after the import, measure its storage floor
     /// (row `import-floor`): the engine alone copying every table the
     /// import filled and building every index over the copies, so the rate
-    /// no import of these rows can beat on this machine. At scale the
-    /// copies push the data out of the page cache: measure the workloads
-    /// in another run.
+    /// no import of these rows through the engine's SQL can beat here. At
+    /// scale the copies push the data out of the page cache: measure the
+    /// workloads in another run.
     #[arg(long, requires = "patients")]
     pub floor: bool,
     /// Run the data-set bench: generate (or reuse) `carelayer synth` data
