@@ -48,7 +48,12 @@ const LOCK_WAIT_MS: u32 = 1_000;
 
 /// Connections building at once (the writer's pool has two; the machine
 /// this is tuned on, two cores).
-const BUILDERS: usize = 2;
+pub const BUILDERS: usize = 2;
+
+/// Each builder connection's settings: a build over every row is not a
+/// request, so the request-path statement timeout is lifted; more sort
+/// memory than the default keeps the big builds in memory.
+pub const BUILD_SETTINGS: &str = "SET statement_timeout = 0; SET maintenance_work_mem = '256MB'";
 
 /// Drop the deferrable indexes if a load of `expected` resources warrants
 /// it (see the module docs). Returns whether it did; a drop that could not
@@ -193,10 +198,8 @@ fn statistics_of(table: &str) -> String {
 }
 
 /// Run `statements` on [`BUILDERS`] connections at once, each taking the
-/// next statement when it is done. Migrations' rule applies: a build over
-/// every row is not a request, so the request-path statement timeout is
-/// lifted; more sort memory than the default keeps the big builds in
-/// memory.
+/// next statement when it is done, under [`BUILD_SETTINGS`] (migrations'
+/// rule: a build over every row is not a request).
 async fn run_on_builders(
     pool: &Pool,
     timeouts: &Timeouts,
@@ -206,8 +209,7 @@ async fn run_on_builders(
     let next = || queue.lock().ok().and_then(|mut q| q.pop_front());
     let builder = || async {
         let client = pool.timeout_get(timeouts).await.map_err(pool_err)?;
-        let setup = "SET statement_timeout = 0; SET maintenance_work_mem = '256MB'";
-        let mut result = client.batch_execute(setup).await.map_err(pg_err);
+        let mut result = client.batch_execute(BUILD_SETTINGS).await.map_err(pg_err);
         while result.is_ok()
             && let Some(sql) = next()
         {

@@ -37,6 +37,10 @@
 
 mod audit;
 mod bulk;
+
+/// How index builds run after a bulk load (for measurements that must
+/// build the same way: `carelayer bench --floor`).
+pub use bulk::{BUILD_SETTINGS as INDEX_BUILD_SETTINGS, BUILDERS as INDEX_BUILDERS};
 mod copy;
 mod error;
 mod read;

@@ -166,11 +166,7 @@ pub(crate) fn build_deferred(conn: &Connection) -> Result<usize, StoreError> {
     if pending == 0 {
         return Ok(0);
     }
-    conn.execute_batch(&format!(
-        "PRAGMA temp_store=FILE; PRAGMA threads={}",
-        sort_helpers()
-    ))
-    .map_err(sql_err)?;
+    conn.execute_batch(&build_pragmas()).map_err(sql_err)?;
     let built = build_each(conn);
     // Back to the connection's own settings (`crate::configure`) whether
     // or not every build succeeded.
@@ -200,6 +196,13 @@ fn sort_helpers() -> usize {
         .map_or(1, std::num::NonZeroUsize::get)
         .saturating_sub(1)
         .clamp(1, 8)
+}
+
+/// The pragmas an index build runs under (see [`sort_helpers`]); the
+/// connection's own settings come back when the builds end.
+#[must_use]
+pub fn build_pragmas() -> String {
+    format!("PRAGMA temp_store=FILE; PRAGMA threads={}", sort_helpers())
 }
 
 /// The builds of [`build_deferred`], once its pragmas are set.

@@ -51,6 +51,10 @@
 mod audit;
 mod audit_index;
 mod bulk;
+
+/// How an index build runs after a bulk load (for measurements that must
+/// build the same way: `carelayer bench --floor`).
+pub use bulk::build_pragmas as index_build_pragmas;
 mod error;
 mod journal;
 mod read;

@@ -3,8 +3,10 @@
 //!
 //! After the import, every table it filled is copied, inside the engine,
 //! into empty tables of the same shape (`INSERT … SELECT`, no indexes), and
-//! then every index the schema declares is built over the copies, sorted,
-//! on as many connections or sort threads as the import's own builds use.
+//! then every index the schema declares is built over the copies the way
+//! the import's own builds run (`carelayer_store_sqlite::index_build_pragmas`,
+//! `carelayer_store_postgres::INDEX_BUILDERS` connections under
+//! `INDEX_BUILD_SETTINGS`).
 //! Nothing of carelayer runs meanwhile: no NDJSON parsing, validation,
 //! index extraction, audit chaining or client round trips, and the rows
 //! arrive already made. The time this takes bounds from below any import
@@ -54,12 +56,6 @@ pub(crate) async fn measure(database: &str, scratch: &Path) -> anyhow::Result<Fl
     } else {
         bail!("no storage floor for {database}")
     }
-}
-
-/// Sort threads (SQLite) or builder connections (PostgreSQL): one per core,
-/// as the import's own index builds use.
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
 fn sqlite(source: &Path, target: &Path) -> anyhow::Result<Floor> {
@@ -112,12 +108,9 @@ fn sqlite(source: &Path, target: &Path) -> anyhow::Result<Floor> {
     }
     conn.execute_batch("COMMIT")?;
     let copy_secs = started.elapsed().as_secs_f64();
-    // The import's builds (`carelayer_store_sqlite::bulk`): sorted in temp
-    // files with a helper thread per other core, one transaction each.
-    conn.execute_batch(&format!(
-        "PRAGMA temp_store=FILE; PRAGMA threads={}",
-        cores().saturating_sub(1)
-    ))?;
+    // Built as the import builds them: its pragmas (sorted in temp files
+    // with helper threads), one transaction each.
+    conn.execute_batch(&carelayer_store_sqlite::index_build_pragmas())?;
     let started = Instant::now();
     for sql in &indexes {
         conn.execute_batch(&format!("BEGIN; {sql}; COMMIT"))?;
@@ -141,7 +134,7 @@ async fn postgres(database: &str) -> anyhow::Result<Floor> {
             .context("cannot connect for the storage floor")?;
         tokio::spawn(connection);
         client
-            .batch_execute("SET statement_timeout = 0; SET maintenance_work_mem = '256MB'")
+            .batch_execute(carelayer_store_postgres::INDEX_BUILD_SETTINGS)
             .await?;
         anyhow::Ok(client)
     };
@@ -198,7 +191,8 @@ async fn postgres(database: &str) -> anyhow::Result<Floor> {
             }
             anyhow::Ok(())
         };
-        for built in futures::future::join_all((0..cores()).map(|_| builder())).await {
+        let builders = carelayer_store_postgres::INDEX_BUILDERS;
+        for built in futures::future::join_all((0..builders).map(|_| builder())).await {
             built?;
         }
         anyhow::Ok(Floor {

@@ -76,7 +76,7 @@ pub(crate) struct SuiteArgs {
     /// `--audit-compare N`: run `read` as N rounds alternating read audit
     /// on and off in the same server (0: once, as configured).
     pub audit_compare: u32,
-    /// `--floor`: measure the import's storage floor after the workloads.
+    /// `--floor`: measure the import's storage floor right after it.
     pub floor: bool,
 }
 
