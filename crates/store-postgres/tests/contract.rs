@@ -45,6 +45,7 @@ pg_contract_tests!(
     audit_atomic_with_writes,
     concurrent_commits_no_lost_updates,
     concurrent_audit_appends,
+    concurrent_reads_get_their_own_answers,
     failed_write_does_not_disturb_others,
     count_by_type,
     search_compound_and_keys_only,
