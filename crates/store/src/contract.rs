@@ -2161,9 +2161,16 @@ pub async fn concurrent_commits_no_lost_updates(store: &dyn Store) {
 /// is asked beside them. A read made after a commit was acknowledged sees
 /// that commit, with reads of other keys in flight around it.
 pub async fn concurrent_reads_get_their_own_answers(store: &dyn Store) {
+    // Resource `r{i}` is a Patient for even `i`, an Observation for odd.
+    let type_of = |i: usize| {
+        if i.is_multiple_of(2) {
+            "Patient"
+        } else {
+            "Observation"
+        }
+    };
     for i in 0..24 {
-        let t = if i % 2 == 0 { "Patient" } else { "Observation" };
-        put(store, write(t, &format!("r{i}"), 1, vec![])).await;
+        put(store, write(type_of(i), &format!("r{i}"), 1, vec![])).await;
     }
     put(store, write("Patient", "gone", 1, vec![])).await;
     put(store, deletion("Patient", "gone", 2)).await;
@@ -2174,11 +2181,7 @@ pub async fn concurrent_reads_get_their_own_answers(store: &dyn Store) {
             0 => ("Patient".to_owned(), format!("missing{n}")),
             1 => ("Encounter".to_owned(), format!("r{}", n % 24)),
             2 => ("Patient".to_owned(), "gone".to_owned()),
-            _ => {
-                let i = n % 24;
-                let t = if i % 2 == 0 { "Patient" } else { "Observation" };
-                (t.to_owned(), format!("r{i}"))
-            }
+            _ => (type_of(n % 24).to_owned(), format!("r{}", n % 24)),
         })
         .collect();
     let reads = keys.iter().map(|(t, id)| store.read_current(t, id));
@@ -2209,15 +2212,9 @@ pub async fn concurrent_reads_get_their_own_answers(store: &dyn Store) {
     for v in 2..=12 {
         put(store, write("Basic", "moving", v, vec![])).await;
         let others = (0..8).map(|n| {
-            let id = format!("r{}", (v as usize * 8 + n) % 24);
-            async move {
-                let t = if id[1..].parse::<usize>().unwrap() % 2 == 0 {
-                    "Patient"
-                } else {
-                    "Observation"
-                };
-                (store.read_current(t, &id).await, id)
-            }
+            let i = (v as usize * 8 + n) % 24;
+            let id = format!("r{i}");
+            async move { (store.read_current(type_of(i), &id).await, id) }
         });
         let (seen, others) = futures::future::join(
             store.read_current("Basic", "moving"),
